@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""Writes proto/vectors.json, the wire protocol's test vectors.
+
+The bytes come from Python's json and msgpack packages, not from the Rust
+code, so that tests/vectors.rs proves a client written in another language
+interoperates with the server byte for byte. Each vector is one frame in
+both codecs:
+
+  json         compact JSON text, fields in the Rust struct's declaration
+               order (the order serde_json writes them);
+  msgpack_hex  the same object as a MessagePack map with string keys, the
+               smallest encoding of every integer, floats as float64 and
+               strings as str (what rmp_serde::to_vec_named writes).
+
+Object keys inside `data` are sorted, because the server holds `data` as a
+serde_json::Value whose maps are ordered by key.
+
+Usage:
+  pip install msgpack            # jsonschema too, to check the vectors
+  python3 scripts/gen-vectors.py           # rewrite proto/vectors.json
+  python3 scripts/gen-vectors.py --check   # fail if the file is stale
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+import msgpack
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+VECTORS = ROOT / "proto" / "vectors.json"
+SCHEMA = ROOT / "proto" / "schema.json"
+
+U64_MAX = 2**64 - 1
+I64_MIN = -(2**63)
+TS = 1767225600123  # 2026-01-01T00:00:00.123Z in ms since the Unix epoch.
+LIMITS = {
+    "max_message_bytes": 65536,
+    "max_rooms": 100,
+    "rate_per_s": 50,
+    "burst": 100,
+    "ping_interval_ms": 25000,
+}
+
+
+def data(value):
+    """A `data` value as the server holds it: object keys sorted."""
+    if isinstance(value, dict):
+        return {k: data(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [data(v) for v in value]
+    return value
+
+
+def client(op, id=None, room=None, to=None, payload=None):
+    """A ClientFrame: fields in declaration order, absent ones left out."""
+    frame = {"op": op}
+    for key, value in (("id", id), ("room", room), ("to", to)):
+        if value is not None:
+            frame[key] = value
+    if payload is not None:
+        frame["data"] = data(payload)
+    return frame
+
+
+def message(room, sender, payload, mid):
+    return {
+        "ev": "message",
+        "room": room,
+        "from": sender,
+        "data": data(payload),
+        "ts": TS,
+        "mid": mid,
+    }
+
+
+def direct(sender, payload, mid, queued, ts=TS):
+    return {
+        "ev": "direct",
+        "from": sender,
+        "data": data(payload),
+        "ts": ts,
+        "mid": mid,
+        "queued": queued,
+    }
+
+
+def error(code, text, id=None):
+    ev = {"ev": "error"}
+    if id is not None:
+        ev["id"] = id
+    ev["code"] = code
+    ev["text"] = text
+    return ev
+
+
+def joined(room, user, count, kind="joined"):
+    return {"ev": kind, "room": room, "user": user, "count": count}
+
+
+GOBLIN = {
+    "name": "Goblin \u2694\ufe0f",
+    "initiative": 17,
+    "hp": -12,
+    "pos": [3, 4.5],
+    "status": None,
+    "visible": True,
+    "notes": {
+        "text": 'line 1\nline 2\t"quoted" \\ /\u0001',
+        "big": U64_MAX,
+        "small": I64_MIN,
+        "ratio": -0.25,
+    },
+}
+# 16 keys and 16 items: the map16 and array16 forms of MessagePack.
+WIDE = {f"k{i:02}": i * 1000 for i in range(16)}
+LONG = "\u00e9" + "x" * 299  # 301 bytes: a str16.
+ID_64 = "r" * 60 + "-064"  # Exactly MAX_REQ_ID_LEN bytes.
+LONG_ROOM = "campaign:7:encounter:1234567890:round-12"  # 40 bytes: a str8.
+
+CLIENT = [
+    ("join_num_id", client("join", id=1, room="encounter:42")),
+    ("join_no_id", client("join", room="lobby")),
+    ("join_str_id", client("join", id="j-1", room="campaign:7:map.v2_A-1")),
+    ("join_long_room", client("join", id=0, room=LONG_ROOM)),
+    ("leave_num_id", client("leave", id=2, room="encounter:42")),
+    ("leave_no_id", client("leave", room="lobby")),
+    ("publish_num_id_object", client("publish", id=3, room="encounter:42", payload=GOBLIN)),
+    ("publish_no_id_string", client("publish", room="lobby", payload="hello")),
+    (
+        "publish_str_id_array",
+        client("publish", id="pub-7", room="lobby", payload=[1, "two", 3.25, False, None, [], {}]),
+    ),
+    ("publish_wide_object", client("publish", id=65535, room="lobby", payload={"wide": WIDE, "seq": list(range(16))})),
+    ("publish_no_data", client("publish", id=4, room="lobby")),
+    ("send_num_id", client("send", id=300, to="user-17", payload={"text": "hi"})),
+    ("send_no_id", client("send", to="alice", payload=42)),
+    ("send_str_id_long_data", client("send", id="s-1", to="bob", payload={"text": LONG})),
+    ("presence_num_id", client("presence", id=70000, room="encounter:42")),
+    ("presence_no_id", client("presence", room="lobby")),
+    ("ping_num_id", client("ping", id=5)),
+    ("ping_str_id", client("ping", id="p-5")),
+    ("ping_no_id", client("ping")),
+    ("ping_max_num_id", client("ping", id=U64_MAX)),
+    ("ping_max_str_id", client("ping", id=ID_64)),
+]
+
+SERVER = [
+    (
+        "welcome",
+        {
+            "ev": "welcome",
+            "conn": "0199c5e0-7a6b-7c3e-9f10-2b3c4d5e6f70",
+            "user": "alice",
+            "instance": "i-eu-1",
+            "limits": LIMITS,
+            "batch": False,
+        },
+    ),
+    (
+        "welcome_anonymous_batch",
+        {
+            "ev": "welcome",
+            "conn": "c7",
+            "user": "anon-c7",
+            "instance": "2f1d0c6e-4b5a-4f3e-8d2c-1b0a9f8e7d6c",
+            "limits": {
+                "max_message_bytes": 1048576,
+                "max_rooms": 10000,
+                "rate_per_s": 1000,
+                "burst": 2000,
+                "ping_interval_ms": 100,
+            },
+            "batch": True,
+        },
+    ),
+    ("ack_num_id", {"ev": "ack", "id": 1}),
+    ("ack_str_id", {"ev": "ack", "id": "j-1"}),
+    ("ack_max_num_id", {"ev": "ack", "id": U64_MAX}),
+    ("error_num_id", error("not_joined", "not in room `lobby`", id=3)),
+    ("error_str_id", error("forbidden", "the token does not allow room `encounter:43`", id="j-2")),
+    ("error_no_id", error("bad_frame", "expected value at line 1 column 1")),
+    ("error_unknown_op", error("unknown_op", "unknown op `subscribe`", id=9)),
+    ("error_bad_request", error("bad_request", "op `join` needs field `room`", id=10)),
+    ("error_invalid_room", error("invalid_room", "room names are 1 to 128 bytes of A-Z a-z 0-9 : _ - .", id=11)),
+    ("error_rate_limited", error("rate_limited", "over 50 ops/s")),
+    ("error_too_many_rooms", error("too_many_rooms", "already in 100 rooms", id=12)),
+    ("error_payload_too_large", error("payload_too_large", "data is larger than allowed", id="big")),
+    ("error_unavailable", error("unavailable", "the bus is unavailable, retry", id=13)),
+    ("joined", joined("encounter:42", "alice", 3)),
+    ("left", joined("encounter:42", "bob", 2, kind="left")),
+    ("left_empty", joined("lobby", "alice", 0, kind="left")),
+    ("presence", {"ev": "presence", "room": "encounter:42", "users": ["alice", "bob", "user-17"], "count": 3}),
+    ("presence_empty", {"ev": "presence", "room": "lobby", "users": [], "count": 0}),
+    ("message_object", message("encounter:42", "alice", GOBLIN, "0199c5e0-7a6b-7c3e-9f10-000000000001")),
+    ("message_string", message("lobby", "bob", "hello", "m-2")),
+    ("message_null", message("lobby", "bob", None, "m-3")),
+    ("message_wide", message(LONG_ROOM, "alice", {"wide": WIDE, "seq": list(range(16))}, "m-4")),
+    ("direct_live", direct("alice", {"text": "hi"}, "d-1", False)),
+    ("direct_queued", direct("server", {"text": LONG}, "d-2", True, ts=TS - 60000)),
+    ("pong_num_id", {"ev": "pong", "id": 5}),
+    ("pong_str_id", {"ev": "pong", "id": "p-5"}),
+    ("pong_no_id", {"ev": "pong"}),
+    ("reconnect", {"ev": "reconnect", "after_ms": 1500, "reason": "server draining"}),
+    (
+        "batch_two",
+        {
+            "ev": "batch",
+            "events": [
+                message("lobby", "bob", {"n": 1}, "m-5"),
+                joined("lobby", "carol", 4),
+            ],
+        },
+    ),
+]
+
+
+def encode(direction, name, obj):
+    return {
+        "name": name,
+        "direction": direction,
+        "json": json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False),
+        "msgpack_hex": msgpack.packb(obj, use_bin_type=True).hex(),
+    }
+
+
+def check_schema(vectors):
+    """Validates every vector against proto/schema.json, if jsonschema is installed."""
+    try:
+        import jsonschema
+    except ImportError:
+        print("jsonschema not installed: vectors not checked against the schema", file=sys.stderr)
+        return
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for vector in vectors:
+        root = "Request" if vector["direction"] == "client" else "ServerEvent"
+        sub = dict(schema, **{"$ref": f"#/$defs/{root}"})
+        sub.pop("anyOf")
+        jsonschema.Draft202012Validator(sub).validate(json.loads(vector["json"]))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if proto/vectors.json is stale")
+    args = parser.parse_args()
+
+    vectors = [encode("client", n, o) for n, o in CLIENT] + [encode("server", n, o) for n, o in SERVER]
+    names = [v["name"] for v in vectors]
+    assert len(names) == len(set(names)), "vector names must be unique"
+    for vector in vectors:
+        obj = msgpack.unpackb(bytes.fromhex(vector["msgpack_hex"]), raw=False)
+        assert obj == json.loads(vector["json"]), vector["name"]
+    check_schema(vectors)
+
+    text = json.dumps(vectors, indent=2, ensure_ascii=False) + "\n"
+    if args.check:
+        if VECTORS.read_text() != text:
+            sys.exit(f"{VECTORS} is stale: run scripts/gen-vectors.py")
+        return
+    VECTORS.write_text(text)
+    print(f"wrote {len(vectors)} vectors to {VECTORS}")
+
+
+if __name__ == "__main__":
+    main()

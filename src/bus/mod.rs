@@ -1,0 +1,199 @@
+//! The bus: how an instance reaches rooms, users and offline queues beyond
+//! its own sockets. One type, two implementations: [`memory`] for the
+//! standalone mode and Redis for cluster mode. The rest of the server calls
+//! only the methods here and never learns which one runs.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::conn::handle::ConnHandle;
+use crate::protocol::ServerEvent;
+use crate::registry::LeaveChange;
+use std::borrow::Cow;
+
+/// A message published to a room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomMessage {
+    /// Sender's user id, unscoped.
+    pub from: String,
+    pub data: Value,
+    pub ts: u64,
+    pub mid: String,
+}
+
+/// An event for every member of a room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RoomEvent {
+    Message(RoomMessage),
+    Joined { user: String, count: u64 },
+    Left { user: String, count: u64 },
+}
+
+impl RoomEvent {
+    /// The client-facing event, for the room's unscoped name.
+    pub fn to_server_event<'a>(&'a self, room: &'a str) -> ServerEvent<'a> {
+        let room = Cow::Borrowed(room);
+        match self {
+            RoomEvent::Message(m) => ServerEvent::Message {
+                room,
+                from: Cow::Borrowed(&m.from),
+                data: Cow::Borrowed(&m.data),
+                ts: m.ts,
+                mid: Cow::Borrowed(&m.mid),
+            },
+            RoomEvent::Joined { user, count } => ServerEvent::Joined {
+                room,
+                user: Cow::Borrowed(user),
+                count: *count,
+            },
+            RoomEvent::Left { user, count } => ServerEvent::Left {
+                room,
+                user: Cow::Borrowed(user),
+                count: *count,
+            },
+        }
+    }
+}
+
+/// A direct message to one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectMessage {
+    pub from: String,
+    pub data: Value,
+    pub ts: u64,
+    pub mid: String,
+}
+
+impl DirectMessage {
+    pub fn to_server_event(&self, queued: bool) -> ServerEvent<'_> {
+        ServerEvent::Direct {
+            from: Cow::Borrowed(&self.from),
+            data: Cow::Borrowed(&self.data),
+            ts: self.ts,
+            mid: Cow::Borrowed(&self.mid),
+            queued,
+        }
+    }
+}
+
+/// Where a direct message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Queued to at least one live connection of the user.
+    Delivered,
+    /// The user had no connection; the message waits in the offline queue.
+    Queued,
+}
+
+#[derive(Debug, Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub enum Bus {
+    Memory(memory::MemoryBus),
+}
+
+impl Bus {
+    /// Starts (`on`) or stops routing a room's events to this instance.
+    /// Called on the room's first local join and after its last local leave.
+    pub async fn room_interest(&self, room: &Arc<str>, on: bool) -> Result<(), BusError> {
+        match self {
+            Bus::Memory(b) => b.room_interest(room, on),
+        }
+    }
+
+    /// Publishes an event to every member of a room on every instance.
+    pub async fn publish(&self, room: &Arc<str>, event: RoomEvent) -> Result<(), BusError> {
+        match self {
+            Bus::Memory(b) => b.publish(room, event),
+        }
+    }
+
+    /// Records that a user's first local connection joined a room; returns
+    /// the room's distinct user count cluster-wide afterwards.
+    pub async fn presence_join(&self, room: &Arc<str>, user: &Arc<str>) -> Result<u64, BusError> {
+        let _ = user;
+        match self {
+            Bus::Memory(b) => Ok(b.presence_count(room)),
+        }
+    }
+
+    /// Records that a user's last local connection left a room; returns the
+    /// count afterwards.
+    pub async fn presence_leave(&self, room: &Arc<str>, user: &Arc<str>) -> Result<u64, BusError> {
+        let _ = user;
+        match self {
+            Bus::Memory(b) => Ok(b.presence_count(room)),
+        }
+    }
+
+    /// The distinct users (unscoped) of a room cluster-wide.
+    pub async fn presence(&self, room: &Arc<str>) -> Result<Vec<String>, BusError> {
+        match self {
+            Bus::Memory(b) => Ok(b.presence(room)),
+        }
+    }
+
+    /// Sends a direct message to every connection of a user, or to the
+    /// user's offline queue when there is none.
+    pub async fn send(&self, user: &Arc<str>, msg: DirectMessage) -> Result<SendOutcome, BusError> {
+        match self {
+            Bus::Memory(b) => Ok(b.send(user, msg)),
+        }
+    }
+
+    /// Registers a new connection (and its user's route) and queues the
+    /// user's offline backlog to it, after anything already queued.
+    pub async fn attach(&self, conn: &Arc<ConnHandle>) -> Result<(), BusError> {
+        match self {
+            Bus::Memory(b) => {
+                b.attach(conn);
+                Ok(())
+            }
+        }
+    }
+
+    /// Unregisters a connection; returns each room it was in and what its
+    /// departure changed there.
+    pub async fn detach(&self, conn: &Arc<ConnHandle>) -> Vec<(Arc<str>, LeaveChange)> {
+        match self {
+            Bus::Memory(b) => b.detach(conn),
+        }
+    }
+
+    /// The offline messages of `user` up to sequence `upto` were written to
+    /// a socket and flushed: remove them from the queue.
+    pub async fn offline_written(&self, user: &Arc<str>, upto: u64) {
+        match self {
+            Bus::Memory(b) => b.offline_written(user, upto),
+        }
+    }
+
+    /// Whether the bus can carry traffic now (for `/ready`).
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Bus::Memory(_) => true,
+        }
+    }
+
+    /// Messages waiting in offline queues known to this instance.
+    pub fn offline_depth(&self) -> usize {
+        match self {
+            Bus::Memory(b) => b.offline_depth(),
+        }
+    }
+
+    /// Periodic housekeeping (expired offline messages).
+    pub fn sweep(&self) {
+        match self {
+            Bus::Memory(b) => b.sweep(),
+        }
+    }
+}

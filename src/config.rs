@@ -1,0 +1,365 @@
+//! Configuration: CLI flags, `ROOMCAST_*` environment variables and an
+//! optional file, in that order of precedence, validated into one struct of
+//! per-subsystem structs at start.
+//!
+//! The file (`--config` / `ROOMCAST_CONFIG`) holds `ROOMCAST_NAME=value`
+//! lines, `#` comments and blank lines: the same names as the environment,
+//! so one list documents both.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use thiserror::Error;
+
+use crate::protocol::Limits;
+
+#[derive(Debug, Parser)]
+#[command(name = "roomcast", version, about = "Realtime WebSocket room server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (standalone without --redis, cluster with it).
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlowConsumerPolicy {
+    /// Drop the frame for that connection and count it.
+    Drop,
+    /// Close the connection with code 4000 so the client resyncs.
+    Close,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// A file of `ROOMCAST_NAME=value` lines; flags and environment win over it.
+    #[arg(long, env = "ROOMCAST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address (host:port) for HTTP and WebSocket; port 0 picks a free one.
+    #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Redis URL for cluster mode; unset runs standalone.
+    #[arg(long, env = "ROOMCAST_REDIS_URL")]
+    pub redis: Option<String>,
+    /// Prefix of every Redis key and channel (several clusters can share a Redis).
+    #[arg(long, env = "ROOMCAST_REDIS_PREFIX", default_value = "roomcast")]
+    pub redis_prefix: String,
+    /// HS256 secret for client tokens. Prefer the environment to the flag.
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with an RSA (RS256) or Ed25519 (EdDSA) public key for client tokens.
+    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// This instance's id; default: a new UUID.
+    #[arg(long, env = "ROOMCAST_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Dev only: accept connections without a token as user `anon-<conn>`.
+    #[arg(long, env = "ROOMCAST_ALLOW_ANONYMOUS", action = ArgAction::SetTrue)]
+    pub allow_anonymous: bool,
+    /// Log output format.
+    #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Largest accepted frame in bytes; larger closes with 1009.
+    #[arg(long, env = "ROOMCAST_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
+    pub max_message_bytes: usize,
+    /// Most rooms one connection may be in.
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_CONN", default_value_t = 100)]
+    pub max_rooms_per_conn: usize,
+    /// Sustained client operations per second per connection.
+    #[arg(long, env = "ROOMCAST_RATE_PER_S", default_value_t = 100)]
+    pub rate_per_s: u32,
+    /// Operations allowed in a burst above the sustained rate.
+    #[arg(long, env = "ROOMCAST_BURST", default_value_t = 200)]
+    pub burst: u32,
+    /// Consecutive rate-limited operations before the connection is closed with 1008.
+    #[arg(long, env = "ROOMCAST_RATE_ABUSE_STRIKES", default_value_t = 100)]
+    pub rate_abuse_strikes: u32,
+    /// Most WebSocket connections on this instance (more get HTTP 503).
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+    /// Most connections of one user on this instance (more get HTTP 429).
+    #[arg(long, env = "ROOMCAST_MAX_CONNS_PER_USER", default_value_t = 16)]
+    pub max_conns_per_user: usize,
+    /// Allowed `Origin` values for browser clients, comma-separated; empty allows all.
+    #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Frames a connection's outbound queue holds before the slow-consumer policy applies.
+    #[arg(long, env = "ROOMCAST_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// What happens to a connection whose outbound queue is full.
+    #[arg(
+        long,
+        env = "ROOMCAST_SLOW_CONSUMER",
+        value_enum,
+        default_value = "close"
+    )]
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Server ping interval in milliseconds; a peer silent for two intervals is closed.
+    #[arg(long, env = "ROOMCAST_PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+    /// Most queued direct messages per offline user (oldest dropped beyond it).
+    #[arg(long, env = "ROOMCAST_OFFLINE_MAX", default_value_t = 100)]
+    pub offline_max: usize,
+    /// Seconds a queued direct message is kept for an offline user.
+    #[arg(long, env = "ROOMCAST_OFFLINE_TTL_S", default_value_t = 86_400)]
+    pub offline_ttl_s: u64,
+    /// Seconds over which clients are told to reconnect and closed on shutdown.
+    #[arg(long, env = "ROOMCAST_DRAIN_S", default_value_t = 5)]
+    pub drain_s: u64,
+    /// Seconds after SIGTERM/SIGINT by which the process exits whatever happens.
+    #[arg(long, env = "ROOMCAST_SHUTDOWN_DEADLINE_S", default_value_t = 15)]
+    pub shutdown_deadline_s: u64,
+    /// Bytes of the per-connection WebSocket read buffer.
+    #[arg(long, env = "ROOMCAST_READ_BUFFER_BYTES", default_value_t = 4096)]
+    pub read_buffer_bytes: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} line {line}: {text}")]
+    FileLine {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// Parses the command line, filling in values from the config file where
+/// neither a flag nor an environment variable gave one.
+pub fn parse_cli() -> Result<Cli, anyhow::Error> {
+    let argv: Vec<String> = std::env::args().collect();
+    let first = Cli::command()
+        .args_override_self(true)
+        .get_matches_from(&argv);
+    let cli = Cli::from_arg_matches(&first)?;
+    let Command::Serve(args) = &cli.command;
+    let Some(path) = args.config.clone() else {
+        return Ok(cli);
+    };
+    let extra = file_flags(&path)?;
+    if extra.is_empty() {
+        return Ok(cli);
+    }
+    // File-derived flags go before the user's own; with args_override_self
+    // the later (user) occurrence wins, and environment variables are
+    // honoured because file_flags skips names that are set in the environment.
+    let mut merged = vec![argv[0].clone(), "serve".to_owned()];
+    merged.extend(extra);
+    merged.extend(
+        argv.iter()
+            .skip(1)
+            .skip_while(|a| *a != "serve")
+            .skip(1)
+            .cloned(),
+    );
+    let matches = Cli::command()
+        .args_override_self(true)
+        .try_get_matches_from(&merged)?;
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+fn file_flags(path: &PathBuf) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        path: path.clone(),
+        source,
+    })?;
+    let cmd = Cli::command();
+    let serve = cmd
+        .find_subcommand("serve")
+        .ok_or_else(|| ConfigError::Invalid("no serve command".into()))?;
+    let mut flags = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |text: &str| ConfigError::FileLine {
+            path: path.clone(),
+            line: i + 1,
+            text: text.to_owned(),
+        };
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| bad("expected ROOMCAST_NAME=value"))?;
+        let (key, value) = (key.trim(), value.trim().trim_matches('"'));
+        let arg = serve
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == key))
+            .ok_or_else(|| bad(&format!("unknown setting {key}")))?;
+        if std::env::var_os(key).is_some() || key == "ROOMCAST_CONFIG" {
+            continue;
+        }
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(arg.get_action(), ArgAction::SetTrue) {
+            if matches!(value, "1" | "true" | "yes" | "on") {
+                flags.push(format!("--{long}"));
+            }
+        } else {
+            flags.push(format!("--{long}={value}"));
+        }
+    }
+    Ok(flags)
+}
+
+/// Validated configuration, one struct per subsystem.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub instance_id: String,
+    pub log_format: LogFormat,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub offline: OfflineConfig,
+    pub shutdown: ShutdownConfig,
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub allow_anonymous: bool,
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub max_message_bytes: usize,
+    pub max_rooms_per_conn: usize,
+    pub rate_per_s: u32,
+    pub burst: u32,
+    pub rate_abuse_strikes: u32,
+    pub max_connections: usize,
+    pub max_conns_per_user: usize,
+    pub outbound_queue: usize,
+    pub slow_consumer: SlowConsumerPolicy,
+    pub ping_interval: Duration,
+    pub read_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct OfflineConfig {
+    pub max_per_user: usize,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    pub drain: Duration,
+    pub deadline: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl LimitsConfig {
+    /// The limits as announced to clients in `welcome`.
+    pub fn announced(&self) -> Limits {
+        Limits {
+            max_message_bytes: self.max_message_bytes as u64,
+            max_rooms: self.max_rooms_per_conn as u64,
+            rate_per_s: u64::from(self.rate_per_s),
+            burst: u64::from(self.burst),
+            ping_interval_ms: self.ping_interval.as_millis() as u64,
+        }
+    }
+}
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
+        let positive = |name: &str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid(format!(
+                    "{name} must be greater than 0"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        positive("max-message-bytes", a.max_message_bytes as u64)?;
+        positive("rate-per-s", u64::from(a.rate_per_s))?;
+        positive("burst", u64::from(a.burst))?;
+        positive("max-connections", a.max_connections as u64)?;
+        positive("max-conns-per-user", a.max_conns_per_user as u64)?;
+        positive("outbound-queue", a.outbound_queue as u64)?;
+        positive("ping-interval-ms", a.ping_interval_ms)?;
+        positive("read-buffer-bytes", a.read_buffer_bytes as u64)?;
+        if a.jwt_secret.is_none() && a.jwt_public_key.is_none() && !a.allow_anonymous {
+            return Err(ConfigError::Invalid(
+                "no way to authenticate: set ROOMCAST_JWT_SECRET, --jwt-public-key, or --allow-anonymous for development".into(),
+            ));
+        }
+        let instance_id = a
+            .instance_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        if instance_id.is_empty() || instance_id.len() > 64 {
+            return Err(ConfigError::Invalid(
+                "instance-id must be 1 to 64 bytes".into(),
+            ));
+        }
+        Ok(Config {
+            listen: a.listen,
+            instance_id,
+            log_format: a.log_format,
+            auth: AuthConfig {
+                jwt_secret: a.jwt_secret.filter(|s| !s.is_empty()),
+                jwt_public_key: a.jwt_public_key,
+                allow_anonymous: a.allow_anonymous,
+                allowed_origins: a
+                    .allowed_origins
+                    .into_iter()
+                    .map(|o| o.trim().to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+            },
+            limits: LimitsConfig {
+                max_message_bytes: a.max_message_bytes,
+                max_rooms_per_conn: a.max_rooms_per_conn,
+                rate_per_s: a.rate_per_s,
+                burst: a.burst,
+                rate_abuse_strikes: a.rate_abuse_strikes,
+                max_connections: a.max_connections,
+                max_conns_per_user: a.max_conns_per_user,
+                outbound_queue: a.outbound_queue,
+                slow_consumer: a.slow_consumer,
+                ping_interval: Duration::from_millis(a.ping_interval_ms),
+                read_buffer_bytes: a.read_buffer_bytes,
+            },
+            offline: OfflineConfig {
+                max_per_user: a.offline_max,
+                ttl: Duration::from_secs(a.offline_ttl_s),
+            },
+            shutdown: ShutdownConfig {
+                drain: Duration::from_secs(a.drain_s),
+                deadline: Duration::from_secs(a.shutdown_deadline_s),
+            },
+            redis: a.redis.filter(|u| !u.is_empty()).map(|url| RedisConfig {
+                url,
+                prefix: a.redis_prefix,
+            }),
+        })
+    }
+}

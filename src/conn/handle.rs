@@ -1,0 +1,135 @@
+//! The handle the rest of the server holds for one connection: its identity,
+//! codec, the sender side of its bounded outbound queue, and its kill switch.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SlowConsumerPolicy;
+use crate::metrics;
+use crate::protocol::{CloseCode, Codec};
+
+/// Instance-local connection number.
+pub type ConnId = u64;
+
+/// One item of a connection's outbound queue.
+#[derive(Debug)]
+pub enum Outbound {
+    /// An encoded frame, shared with every other recipient of the same event.
+    Frame(Message),
+    /// Offline messages for the connection's user; once written and flushed,
+    /// the queue entries up to `upto` are removed from the offline store.
+    Queued { frames: Vec<Message>, upto: u64 },
+    /// A keepalive ping.
+    Ping,
+    /// Close after everything queued before it was written.
+    Close(CloseCode),
+}
+
+/// Why a frame did not reach a connection's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue was full; the slow-consumer policy was applied.
+    Full,
+    /// The connection is closing.
+    Closed,
+}
+
+pub struct ConnHandle {
+    pub id: ConnId,
+    /// Tenant-scoped user key (see [`crate::registry::scoped`]).
+    pub user: Arc<str>,
+    pub codec: Codec,
+    tx: mpsc::Sender<Outbound>,
+    /// Cancelled when the connection must stop at once; both the reader and
+    /// the writer select on it.
+    kill: CancellationToken,
+    /// The close code to send when killed; 0 until set, first setter wins.
+    close_code: AtomicU16,
+    policy: SlowConsumerPolicy,
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnHandle")
+            .field("id", &self.id)
+            .field("user", &self.user)
+            .field("codec", &self.codec)
+            .finish()
+    }
+}
+
+impl ConnHandle {
+    pub fn new(
+        id: ConnId,
+        user: Arc<str>,
+        codec: Codec,
+        queue: usize,
+        policy: SlowConsumerPolicy,
+    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let handle = ConnHandle {
+            id,
+            user,
+            codec,
+            tx,
+            kill: CancellationToken::new(),
+            close_code: AtomicU16::new(0),
+            policy,
+        };
+        (Arc::new(handle), rx)
+    }
+
+    /// Queues an item without waiting. A full queue applies the
+    /// slow-consumer policy: the item is dropped and counted, and with the
+    /// `close` policy the connection is also closed with 4000.
+    pub fn push(&self, item: Outbound) -> Result<(), PushError> {
+        match self.tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                metrics::slow_consumer_drop();
+                if self.policy == SlowConsumerPolicy::Close {
+                    self.close(CloseCode::SlowConsumer);
+                }
+                Err(PushError::Full)
+            }
+            Err(TrySendError::Closed(_)) => Err(PushError::Closed),
+        }
+    }
+
+    /// Queues a close that takes effect after everything already queued.
+    /// Falls back to an immediate close when the queue is full.
+    pub fn close_after_queue(&self, code: CloseCode) {
+        if self.tx.try_send(Outbound::Close(code)).is_err() {
+            self.close(code);
+        }
+    }
+
+    /// Closes the connection now with `code` (the first code set wins).
+    pub fn close(&self, code: CloseCode) {
+        let _ =
+            self.close_code
+                .compare_exchange(0, code.code(), Ordering::Relaxed, Ordering::Relaxed);
+        self.kill.cancel();
+    }
+
+    pub fn killed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.kill.cancelled()
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.kill.is_cancelled()
+    }
+
+    /// The close code set by [`ConnHandle::close`], if any.
+    pub fn close_code(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::Relaxed) {
+            0 => None,
+            c => Some(c),
+        }
+    }
+}

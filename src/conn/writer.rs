@@ -1,0 +1,163 @@
+//! The writer task: the only code that writes to a connection's socket.
+//! It takes everything ready in the outbound queue, writes it (as one
+//! `batch` frame when the client opted in), and flushes once.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+
+use super::handle::{ConnHandle, Outbound};
+use crate::fanout;
+use crate::metrics;
+use crate::node::Node;
+use crate::protocol::CloseCode;
+
+/// Most queue items written between two flushes.
+const MAX_ITEMS_PER_FLUSH: usize = 256;
+
+type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
+
+pub async fn run<S>(
+    mut sink: Sink<S>,
+    mut rx: mpsc::Receiver<Outbound>,
+    handle: Arc<ConnHandle>,
+    node: Arc<Node>,
+    batch: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut frames: Vec<Message> = Vec::new();
+    let close = loop {
+        let first = tokio::select! {
+            biased;
+            _ = handle.killed() => break handle.close_code(),
+            item = rx.recv() => item,
+        };
+        let Some(first) = first else { break None };
+        let mut acks = Vec::new();
+        let mut close = None;
+        let mut item = Some(first);
+        let mut taken = 0;
+        while let Some(next) = item.take() {
+            taken += 1;
+            match next {
+                Outbound::Frame(m) => frames.push(m),
+                Outbound::Queued { frames: q, upto } => {
+                    frames.extend(q);
+                    acks.push(upto);
+                }
+                Outbound::Ping => frames.push(Message::Ping(Bytes::new())),
+                Outbound::Close(code) => {
+                    close = Some(code.code());
+                    break;
+                }
+            }
+            if taken < MAX_ITEMS_PER_FLUSH {
+                item = rx.try_recv().ok();
+            }
+        }
+        if write(&mut sink, &mut frames, batch, handle.codec)
+            .await
+            .is_err()
+        {
+            break None;
+        }
+        for upto in acks {
+            node.bus.offline_written(&handle.user, upto).await;
+        }
+        if close.is_some() {
+            break close;
+        }
+    };
+    if let Some(code) = close {
+        metrics::closed_with(code);
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code),
+            reason: close_reason(code).into(),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    }
+    let _ = sink.close().await;
+    // Stops the reader too when the writer ended first (write error, close).
+    handle.close(CloseCode::GoingAway);
+}
+
+/// Writes the frames and flushes once. With `batch`, consecutive data
+/// frames become one `batch` frame.
+async fn write<S>(
+    sink: &mut Sink<S>,
+    frames: &mut Vec<Message>,
+    batch: bool,
+    codec: crate::protocol::Codec,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let data = frames
+        .iter()
+        .filter(|m| matches!(m, Message::Text(_) | Message::Binary(_)))
+        .count();
+    if batch && data > 1 {
+        let parts = frames.iter().filter_map(|m| match m {
+            Message::Text(t) => Some(t.as_bytes()),
+            Message::Binary(b) => Some(&b[..]),
+            _ => None,
+        });
+        let joined = codec.batch(ExactLen(parts, data));
+        if let Some(m) = fanout::to_message(codec, joined) {
+            sink.feed(m).await?;
+        }
+        for m in frames.drain(..) {
+            if matches!(m, Message::Ping(_)) {
+                sink.feed(m).await?;
+            }
+        }
+    } else {
+        for m in frames.drain(..) {
+            sink.feed(m).await?;
+        }
+    }
+    sink.flush().await
+}
+
+/// An iterator with a known length, for `Codec::batch`.
+struct ExactLen<I>(I, usize);
+
+impl<I: Iterator> Iterator for ExactLen<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.0.next();
+        if item.is_some() {
+            self.1 -= 1;
+        }
+        item
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.1, Some(self.1))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
+
+fn close_reason(code: u16) -> &'static str {
+    [
+        CloseCode::GoingAway,
+        CloseCode::PolicyViolation,
+        CloseCode::MessageTooBig,
+        CloseCode::InternalError,
+        CloseCode::SlowConsumer,
+        CloseCode::KeepaliveTimeout,
+        CloseCode::Kicked,
+    ]
+    .into_iter()
+    .find(|c| c.code() == code)
+    .map_or("", CloseCode::reason)
+}

@@ -1,0 +1,98 @@
+//! Local delivery: an event is encoded at most once per codec and the same
+//! bytes are queued to every recipient. Nothing here awaits; a full queue
+//! is the slow consumer's problem, never the room's.
+
+use bytes::Bytes;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
+
+use crate::conn::handle::{ConnHandle, Outbound};
+use crate::metrics;
+use crate::protocol::{Codec, ServerEvent};
+use crate::registry::Registry;
+
+/// Wraps encoded bytes in the frame type of the codec: text for JSON,
+/// binary for MessagePack.
+pub fn to_message(codec: Codec, bytes: Bytes) -> Option<Message> {
+    match codec {
+        Codec::Json => match Utf8Bytes::try_from(bytes) {
+            Ok(text) => Some(Message::Text(text)),
+            Err(e) => {
+                tracing::error!(error = %e, "JSON encoder produced invalid UTF-8");
+                None
+            }
+        },
+        Codec::MsgPack => Some(Message::Binary(bytes)),
+    }
+}
+
+/// Encodes one event for one codec into a frame.
+pub fn encode(codec: Codec, event: &ServerEvent<'_>) -> Option<Message> {
+    match codec.encode(event) {
+        Ok(bytes) => {
+            metrics::encoded(codec);
+            to_message(codec, bytes)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode event");
+            None
+        }
+    }
+}
+
+/// The frames of one event, encoded lazily, once per codec.
+pub struct Frames<'e, 'a> {
+    event: &'e ServerEvent<'a>,
+    cache: [Option<Option<Message>>; 2],
+}
+
+impl<'e, 'a> Frames<'e, 'a> {
+    pub fn new(event: &'e ServerEvent<'a>) -> Self {
+        Frames {
+            event,
+            cache: [None, None],
+        }
+    }
+
+    pub fn get(&mut self, codec: Codec) -> Option<Message> {
+        let event = self.event;
+        self.cache[codec.index()]
+            .get_or_insert_with(|| encode(codec, event))
+            .clone()
+    }
+
+    /// Queues the event to each connection; returns how many took it.
+    pub fn send_to<'c>(
+        &mut self,
+        conns: impl IntoIterator<Item = &'c std::sync::Arc<ConnHandle>>,
+    ) -> usize {
+        let mut sent = 0;
+        for conn in conns {
+            if let Some(frame) = self.get(conn.codec)
+                && conn.push(Outbound::Frame(frame)).is_ok()
+            {
+                sent += 1;
+            }
+        }
+        sent
+    }
+}
+
+/// Delivers an event to every local member of a room.
+pub fn deliver_room(registry: &Registry, room: &str, event: &ServerEvent<'_>) -> usize {
+    let sent = registry
+        .with_room(room, |m| Frames::new(event).send_to(&m.conns))
+        .unwrap_or(0);
+    metrics::delivered(sent);
+    sent
+}
+
+/// Delivers an event to every local connection of a user; returns how
+/// many connections the user has here (0: the user is not on this instance).
+pub fn deliver_user(registry: &Registry, user: &str, event: &ServerEvent<'_>) -> usize {
+    let (conns, sent) = registry
+        .with_user(user, |c| (c.len(), Frames::new(event).send_to(c)))
+        .unwrap_or((0, 0));
+    metrics::delivered(sent);
+    conns
+}

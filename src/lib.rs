@@ -1,0 +1,28 @@
+//! roomcast: a realtime WebSocket room server that scales over Redis.
+//!
+//! Modules in reading order:
+//! - [`protocol`]: wire messages, codecs, error and close codes (pure).
+//! - [`config`]: flags, environment and file, validated per subsystem.
+//! - [`auth`]: JWT verification before the upgrade.
+//! - [`session`]: per-connection rate limit, validation, permissions (pure).
+//! - [`registry`]: room/user/connection maps kept consistent.
+//! - [`fanout`]: encode once per codec, queue to every recipient.
+//! - [`conn`]: one connection's reader loop, writer task and handle.
+//! - [`bus`]: the bus between instances; [`offline`] queues of standalone mode.
+//! - [`node`]: one instance's shared state and command execution.
+//! - [`server`]: HTTP routes and the WebSocket upgrade; [`shutdown`].
+//! - [`metrics`]: Prometheus names.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod conn;
+pub mod fanout;
+pub mod metrics;
+pub mod node;
+pub mod offline;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod shutdown;

@@ -1,0 +1,94 @@
+//! `roomcast serve`: the server binary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use roomcast::auth::Verifier;
+use roomcast::bus::Bus;
+use roomcast::bus::memory::MemoryBus;
+use roomcast::config::{self, Command, Config, LogFormat};
+use roomcast::node::Node;
+use roomcast::offline::MemoryOffline;
+use roomcast::registry::Registry;
+use roomcast::{metrics, server, shutdown};
+
+fn main() -> anyhow::Result<()> {
+    let cli = config::parse_cli()?;
+    let Command::Serve(args) = cli.command;
+    let config = Config::try_from(*args)?;
+    init_tracing(config.log_format);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(config))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let verifier = Verifier::from_config(&config.auth)?;
+    if config.redis.is_some() {
+        anyhow::bail!("cluster mode (--redis) is not available in this build yet");
+    }
+    let registry = Arc::new(Registry::new());
+    let bus = Bus::Memory(MemoryBus::new(
+        registry.clone(),
+        MemoryOffline::new(config.offline.clone()),
+    ));
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let handle = metrics::install();
+    let node = Arc::new(Node::new(config, registry, bus, verifier, handle));
+
+    let sweeper = node.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            sweeper.bus.sweep();
+        }
+    });
+
+    tracing::info!(%addr, instance = node.instance_id(), mode = "standalone", "listening");
+    // The one line on stdout: scripts and tests wait for it.
+    println!("listening {addr}");
+
+    let stop = node.shutdown.clone();
+    let http = tokio::spawn(
+        axum::serve(listener, server::router(node.clone()))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future(),
+    );
+
+    shutdown::signal().await;
+    let deadline = tokio::time::Instant::now() + node.config.shutdown.deadline;
+    tracing::info!("shutdown requested");
+    node.stop_accepting();
+    node.shutdown.cancel();
+    let sequence = async {
+        shutdown::drain(&node).await;
+        node.tracker.close();
+        node.tracker.wait().await;
+        let _ = http.await;
+    };
+    if tokio::time::timeout_at(deadline, sequence).await.is_err() {
+        tracing::warn!("shutdown deadline reached; exiting with connections open");
+    }
+    tracing::info!("bye");
+    Ok(())
+}

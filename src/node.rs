@@ -1,0 +1,289 @@
+//! The node: one instance's shared state (config, registry, bus, auth) and
+//! the execution of client commands against it. Connection tasks hold an
+//! `Arc<Node>`; nothing here touches a socket.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Verifier;
+use crate::bus::{Bus, BusError, DirectMessage, RoomEvent, RoomMessage, SendOutcome};
+use crate::config::Config;
+use crate::conn::handle::{ConnHandle, ConnId};
+use crate::protocol::ErrorCode;
+use crate::registry::{JoinError, Registry, unscoped};
+
+/// A command's failure, as the client will see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpError {
+    pub code: ErrorCode,
+    pub text: String,
+}
+
+impl OpError {
+    fn new(code: ErrorCode, text: impl Into<String>) -> Self {
+        OpError {
+            code,
+            text: text.into(),
+        }
+    }
+}
+
+impl From<BusError> for OpError {
+    fn from(e: BusError) -> Self {
+        OpError::new(ErrorCode::Unavailable, e.to_string())
+    }
+}
+
+/// The answer to a presence query.
+pub struct PresenceInfo {
+    pub users: Vec<String>,
+}
+
+pub struct Node {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub bus: Bus,
+    pub verifier: Verifier,
+    pub metrics: Option<PrometheusHandle>,
+    /// Cancelled when shutdown begins.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    pub started: Instant,
+    /// False once draining; `/ready` also asks the bus.
+    accepting: AtomicBool,
+    next_conn: AtomicU64,
+    /// Open WebSocket connections (counted from the upgrade on, so the
+    /// per-instance limit also covers handshakes in flight).
+    open: AtomicUsize,
+    /// Random per-process prefix of message ids plus a counter: unique
+    /// across instances without coordination.
+    mid_prefix: String,
+    mid_seq: AtomicU64,
+}
+
+impl Node {
+    pub fn new(
+        config: Config,
+        registry: Arc<Registry>,
+        bus: Bus,
+        verifier: Verifier,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        let mid_prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        Node {
+            config,
+            registry,
+            bus,
+            verifier,
+            metrics,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            started: Instant::now(),
+            accepting: AtomicBool::new(true),
+            next_conn: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            mid_prefix,
+            mid_seq: AtomicU64::new(0),
+        }
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.config.instance_id
+    }
+
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed)
+    }
+
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.is_accepting() && self.bus.is_ready()
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes a connection slot; `None` at the per-instance limit. The slot
+    /// is released when the returned value drops.
+    pub fn try_open(self: &Arc<Self>) -> Option<ConnSlot> {
+        let max = self.config.limits.max_connections;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnSlot { node: self.clone() })
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn next_mid(&self) -> String {
+        let n = self.mid_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.mid_prefix)
+    }
+
+    /// Joins a room: local maps first, then the bus's routing (rolled back
+    /// when the bus refuses), then presence.
+    pub async fn join(&self, conn: &Arc<ConnHandle>, room: &Arc<str>) -> Result<(), OpError> {
+        let change = match self
+            .registry
+            .join(conn, room, self.config.limits.max_rooms_per_conn)
+        {
+            Ok(change) => change,
+            Err(JoinError::AlreadyJoined) => return Ok(()),
+            Err(JoinError::TooManyRooms) => {
+                return Err(OpError::new(
+                    ErrorCode::TooManyRooms,
+                    format!(
+                        "at most {} rooms per connection",
+                        self.config.limits.max_rooms_per_conn
+                    ),
+                ));
+            }
+            Err(JoinError::UnknownConnection) => {
+                return Err(OpError::new(
+                    ErrorCode::Unavailable,
+                    "connection is closing",
+                ));
+            }
+        };
+        if change.first_local
+            && let Err(e) = self.bus.room_interest(room, true).await
+        {
+            self.registry.leave(conn, room);
+            return Err(e.into());
+        }
+        metrics::gauge!("roomcast_rooms").set(self.registry.room_count() as f64);
+        if change.first_of_user {
+            let count = self.bus.presence_join(room, &conn.user).await?;
+            let user = unscoped(&conn.user).to_owned();
+            self.bus
+                .publish(room, RoomEvent::Joined { user, count })
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn leave(&self, conn: &Arc<ConnHandle>, room: &Arc<str>) -> Result<(), OpError> {
+        let Some(change) = self.registry.leave(conn, room) else {
+            return Err(OpError::new(ErrorCode::NotJoined, "not in this room"));
+        };
+        self.after_leave(&conn.user, room, change.last_of_user, change.last_local)
+            .await
+    }
+
+    async fn after_leave(
+        &self,
+        user: &Arc<str>,
+        room: &Arc<str>,
+        last_of_user: bool,
+        last_local: bool,
+    ) -> Result<(), OpError> {
+        let mut result = Ok(());
+        if last_of_user {
+            match self.bus.presence_leave(room, user).await {
+                Ok(count) => {
+                    let user = unscoped(user).to_owned();
+                    result = self
+                        .bus
+                        .publish(room, RoomEvent::Left { user, count })
+                        .await
+                        .map_err(OpError::from);
+                }
+                Err(e) => result = Err(e.into()),
+            }
+        }
+        if last_local {
+            if let Err(e) = self.bus.room_interest(room, false).await {
+                tracing::warn!(error = %e, "cannot drop room routing");
+            }
+            metrics::gauge!("roomcast_rooms").set(self.registry.room_count() as f64);
+        }
+        result
+    }
+
+    pub async fn publish(
+        &self,
+        conn: &Arc<ConnHandle>,
+        room: &Arc<str>,
+        data: Value,
+    ) -> Result<(), OpError> {
+        if !self.registry.is_member(conn.id, room) {
+            return Err(OpError::new(
+                ErrorCode::NotJoined,
+                "join the room before publishing to it",
+            ));
+        }
+        let msg = RoomMessage {
+            from: unscoped(&conn.user).to_owned(),
+            data,
+            ts: now_ms(),
+            mid: self.next_mid(),
+        };
+        self.bus.publish(room, RoomEvent::Message(msg)).await?;
+        Ok(())
+    }
+
+    pub async fn send(
+        &self,
+        conn: &Arc<ConnHandle>,
+        to: &Arc<str>,
+        data: Value,
+    ) -> Result<SendOutcome, OpError> {
+        let msg = DirectMessage {
+            from: unscoped(&conn.user).to_owned(),
+            data,
+            ts: now_ms(),
+            mid: self.next_mid(),
+        };
+        Ok(self.bus.send(to, msg).await?)
+    }
+
+    pub async fn presence(&self, room: &Arc<str>) -> Result<PresenceInfo, OpError> {
+        Ok(PresenceInfo {
+            users: self.bus.presence(room).await?,
+        })
+    }
+
+    /// Removes a closed connection everywhere and tells its rooms.
+    pub async fn disconnect(&self, conn: &Arc<ConnHandle>) {
+        for (room, change) in self.bus.detach(conn).await {
+            if let Err(e) = self
+                .after_leave(&conn.user, &room, change.last_of_user, change.last_local)
+                .await
+            {
+                tracing::warn!(code = e.code.as_str(), "leave on disconnect: {}", e.text);
+            }
+        }
+    }
+}
+
+/// A held connection slot; dropping it frees the slot.
+pub struct ConnSlot {
+    node: Arc<Node>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.node.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

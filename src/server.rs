@@ -1,0 +1,235 @@
+//! The HTTP side, all on one port: the WebSocket upgrade at `/ws` (auth,
+//! origin and capacity checks happen before it, as plain HTTP answers),
+//! `/health`, `/ready` and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tracing::Instrument;
+
+use crate::auth::{AuthError, Identity};
+use crate::conn::{self, Accepted};
+use crate::metrics;
+use crate::node::Node;
+use crate::protocol::Codec;
+
+/// Bytes gathered before a write reaches the socket ahead of the flush.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .with_state(node)
+}
+
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    if node.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn render_metrics(State(node): State<Arc<Node>>) -> Response {
+    match &node.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics disabled").into_response(),
+    }
+}
+
+fn reject(status: StatusCode, reason: &'static str, text: &'static str) -> Response {
+    metrics::upgrade_rejected(reason);
+    (status, text).into_response()
+}
+
+/// Query parameters of the upgrade request. Parsed by hand because they are
+/// few and a token must never be echoed in an error.
+struct UpgradeQuery<'a> {
+    token: Option<&'a str>,
+    batch: bool,
+}
+
+fn parse_query(query: &str) -> UpgradeQuery<'_> {
+    let mut q = UpgradeQuery {
+        token: None,
+        batch: false,
+    };
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "token" => q.token = Some(v),
+            "batch" => q.batch = matches!(v, "1" | "true" | ""),
+            _ => {}
+        }
+    }
+    q
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+    if !node.is_accepting() {
+        return reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "server draining",
+        );
+    }
+    let headers = req.headers();
+    let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(k)
+            if header_has(headers, header::UPGRADE, "websocket")
+                && header_has(headers, header::CONNECTION, "upgrade")
+                && headers
+                    .get(header::SEC_WEBSOCKET_VERSION)
+                    .is_some_and(|v| v == "13") =>
+        {
+            k.clone()
+        }
+        _ => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "not_websocket",
+                "expected a WebSocket upgrade",
+            );
+        }
+    };
+    let origins = &node.config.auth.allowed_origins;
+    if !origins.is_empty()
+        && let Some(origin) = headers.get(header::ORIGIN)
+        && !origin
+            .to_str()
+            .is_ok_and(|o| origins.iter().any(|a| a == o))
+    {
+        return reject(StatusCode::FORBIDDEN, "origin", "origin not allowed");
+    }
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    let token = bearer(headers).or(query.token);
+    let batch = query.batch;
+    let conn_id = node.next_conn_id();
+    let identity = match node.verifier.verify(token) {
+        Ok(Some(identity)) => identity,
+        Ok(None) => Identity::anonymous(format!("anon-{conn_id}")),
+        Err(AuthError::Missing) => {
+            return reject(StatusCode::UNAUTHORIZED, "no_token", "missing token");
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "token rejected");
+            return reject(
+                StatusCode::UNAUTHORIZED,
+                "bad_token",
+                "invalid or expired token",
+            );
+        }
+    };
+    let user_key = crate::registry::scoped(&identity.tenant, &identity.user);
+    if node.registry.user_conn_count(&user_key) >= node.config.limits.max_conns_per_user {
+        return reject(
+            StatusCode::TOO_MANY_REQUESTS,
+            "user_limit",
+            "too many connections for this user",
+        );
+    }
+    let Some(slot) = node.try_open() else {
+        return reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "instance_limit",
+            "instance at its connection limit",
+        );
+    };
+    let requested = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(Codec::from_subprotocols);
+    let codec = requested.unwrap_or(Codec::Json);
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let accepted = Accepted {
+        id: conn_id,
+        identity,
+        codec,
+        batch,
+        slot,
+    };
+    let ws_config = ws_config(&node);
+    let span = tracing::info_span!(
+        "conn",
+        conn = conn_id,
+        user = %accepted.identity.user,
+        instance = %node.instance_id()
+    );
+    let task_node = node.clone();
+    node.tracker.spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    let ws =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+                    conn::serve(task_node, ws, accepted).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        }
+        .instrument(span),
+    );
+
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(codec) = requested {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(codec.subprotocol()),
+        );
+    }
+    res
+}
+
+fn ws_config(node: &Node) -> WebSocketConfig {
+    let limits = &node.config.limits;
+    WebSocketConfig::default()
+        .read_buffer_size(limits.read_buffer_bytes)
+        // Frames are fed and then flushed once, so let them gather; the
+        // buffer only grows for connections that actually receive bursts.
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes))
+}

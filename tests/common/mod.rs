@@ -1,0 +1,448 @@
+//! Test harness: real `roomcast` processes on free ports, their own
+//! `redis-server`s, and a protocol client over real WebSockets.
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use roomcast::protocol::message::ClientFrame;
+use roomcast::protocol::{Codec, ServerEvent};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789";
+/// How long a test waits for any one expected event.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub type Event = ServerEvent<'static>;
+
+/// A running roomcast process, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Starts `roomcast serve` on a free port with the test secret and `args`.
+    pub async fn start(args: &[&str]) -> Server {
+        Self::start_env(args, &[]).await
+    }
+
+    pub async fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::spawn(args, envs, "127.0.0.1:0").await
+    }
+
+    async fn spawn(args: Vec<String>, envs: Vec<(String, String)>, listen: &str) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(listen)
+            .args(&args)
+            .env("ROOMCAST_JWT_SECRET", SECRET)
+            .env("ROOMCAST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in &envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn roomcast");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some(addr) = line.strip_prefix("listening ") {
+                    return addr.to_owned();
+                }
+            }
+            panic!("roomcast exited before listening");
+        })
+        .await
+        .expect("roomcast did not start in time");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server {
+            child,
+            addr,
+            args,
+            envs,
+        }
+    }
+
+    /// Starts the same server again on the same address (after a kill).
+    pub async fn restart(&mut self) {
+        let fresh = Self::spawn(self.args.clone(), self.envs.clone(), &self.addr.clone()).await;
+        *self = fresh;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    pub fn url(&self, query: &str) -> String {
+        format!("ws://{}/ws{}", self.addr, query)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a signal to the process (by its PID, which this test started).
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub async fn connect(&self, user: &str) -> Client {
+        Client::connect(&self.url(&format!("?token={}", token(user))), Codec::Json)
+            .await
+            .expect("connect")
+    }
+
+    pub async fn connect_with(&self, user: &str, codec: Codec) -> Client {
+        Client::connect(&self.url(&format!("?token={}", token(user))), codec)
+            .await
+            .expect("connect")
+    }
+}
+
+/// A valid HS256 token for `sub`, valid for an hour.
+pub fn token(sub: &str) -> String {
+    token_with(json!({ "sub": sub }))
+}
+
+/// A token with the given claims; `exp` is added when missing.
+pub fn token_with(mut claims: Value) -> String {
+    if claims.get("exp").is_none() {
+        claims["exp"] = json!(now_s() + 3600);
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("sign")
+}
+
+pub fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// HTTP GET on loopback without a client crate: status and body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut s = TcpStream::connect(host).await.expect("connect http");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("http timeout")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol client over a real WebSocket.
+pub struct Client {
+    pub ws: Ws,
+    pub codec: Codec,
+    /// Events read while waiting for another one, in order.
+    pending: std::collections::VecDeque<Event>,
+    pub welcome: Option<Event>,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects and waits for `welcome`.
+    pub async fn connect(url: &str, codec: Codec) -> Result<Client, WsError> {
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(codec.subprotocol()),
+        );
+        Self::connect_request(req, codec).await
+    }
+
+    pub async fn connect_request(
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+        codec: Codec,
+    ) -> Result<Client, WsError> {
+        let (ws, _resp) = tokio_tungstenite::connect_async(req).await?;
+        let mut c = Client {
+            ws,
+            codec,
+            pending: Default::default(),
+            welcome: None,
+            next_id: 1,
+        };
+        let w = c.recv().await;
+        assert!(
+            matches!(w, ServerEvent::Welcome { .. }),
+            "first event: {w:?}"
+        );
+        c.welcome = Some(w);
+        Ok(c)
+    }
+
+    pub async fn send(&mut self, frame: &ClientFrame) {
+        let bytes = self.codec.encode(frame).expect("encode");
+        self.send_raw(bytes.to_vec()).await;
+    }
+
+    /// Sends bytes as a frame of this codec's type.
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        let msg = match self.codec {
+            Codec::Json => Message::text(String::from_utf8(bytes).expect("utf8")),
+            Codec::MsgPack => Message::binary(bytes),
+        };
+        self.ws.send(msg).await.expect("send");
+    }
+
+    /// Sends an op with a fresh numeric id and waits for its ack (or error).
+    pub async fn request(&mut self, frame: ClientFrame) -> Event {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&frame.id(id)).await;
+        self.recv_matching(|e| answers(e, id)).await
+    }
+
+    pub async fn join(&mut self, room: &str) {
+        let ev = self.request(ClientFrame::new("join").room(room)).await;
+        assert!(matches!(ev, ServerEvent::Ack { .. }), "join {room}: {ev:?}");
+    }
+
+    pub async fn publish(&mut self, room: &str, data: Value) {
+        let ev = self
+            .request(ClientFrame::new("publish").room(room).data(data))
+            .await;
+        assert!(
+            matches!(ev, ServerEvent::Ack { .. }),
+            "publish {room}: {ev:?}"
+        );
+    }
+
+    pub async fn send_to(&mut self, user: &str, data: Value) {
+        let ev = self
+            .request(ClientFrame::new("send").to(user).data(data))
+            .await;
+        assert!(
+            matches!(ev, ServerEvent::Ack { .. }),
+            "send to {user}: {ev:?}"
+        );
+    }
+
+    /// The next event (batches are unpacked), waiting at most [`WAIT`].
+    pub async fn recv(&mut self) -> Event {
+        self.try_recv(WAIT).await.expect("no event in time")
+    }
+
+    /// The next event within `wait`, or `None` (also when the socket closed).
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Event> {
+        if let Some(e) = self.pending.pop_front() {
+            return Some(e);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            let bytes = match msg.ok()? {
+                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Binary(b) => b.to_vec(),
+                Message::Close(_) => return None,
+                _ => continue,
+            };
+            let ev: Event = self.codec.decode(&bytes).expect("server sent a bad frame");
+            return Some(match ev {
+                ServerEvent::Batch { events } => {
+                    let mut it = events.into_iter();
+                    let first = it.next().expect("empty batch");
+                    self.pending.extend(it);
+                    first
+                }
+                ev => ev,
+            });
+        }
+    }
+
+    /// Reads events until one matches, keeping the others for later `recv`s.
+    pub async fn recv_matching(&mut self, mut pred: impl FnMut(&Event) -> bool) -> Event {
+        let mut skipped = std::collections::VecDeque::new();
+        if let Some(pos) = self.pending.iter().position(&mut pred) {
+            return self.pending.remove(pos).expect("present");
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let found = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let ev = self
+                .try_recv(left)
+                .await
+                .unwrap_or_else(|| panic!("no matching event in time; saw {skipped:?}"));
+            if pred(&ev) {
+                break ev;
+            }
+            skipped.push_back(ev);
+        };
+        let mut rest = pending;
+        rest.extend(skipped);
+        rest.extend(std::mem::take(&mut self.pending));
+        self.pending = rest;
+        found
+    }
+
+    /// Waits for the server to close the socket; returns the close frame.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("socket not closed in time"),
+                Ok(None) => return None,
+                Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(Message::Close(frame)))) => return frame,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// Asserts that no event matching `pred` is pending or arrives within `wait`.
+    pub async fn expect_none(&mut self, wait: Duration, pred: impl Fn(&Event) -> bool) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.try_recv(left).await {
+                Some(ev) => assert!(!pred(&ev), "unexpected event: {ev:?}"),
+                None => return,
+            }
+        }
+    }
+
+    /// Asserts no event arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(ev) = self.try_recv(wait).await {
+            panic!("unexpected event: {ev:?}");
+        }
+    }
+}
+
+/// Whether `e` answers the request with numeric id `id`.
+pub fn answers(e: &Event, id: u64) -> bool {
+    let want = roomcast::protocol::ReqId::Num(id);
+    match e {
+        ServerEvent::Ack { id } => **id == want,
+        ServerEvent::Error { id: Some(i), .. }
+        | ServerEvent::Pong { id: Some(i) }
+        | ServerEvent::Presence { id: Some(i), .. } => **i == want,
+        _ => false,
+    }
+}
+
+/// A `redis-server` on a free port with nothing on disk, killed when dropped.
+pub struct Redis {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        let port = free_port();
+        Self::start_on(port).await
+    }
+
+    pub async fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn redis-server (is it installed? scripts/test installs it)");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Redis { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a command with redis-cli and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Data of a `message` event.
+pub fn message_data(ev: &Event) -> Option<&Value> {
+    match ev {
+        ServerEvent::Message { data, .. } => Some(data),
+        _ => None,
+    }
+}
