@@ -95,6 +95,14 @@ def error(code, text, id=None):
     return ev
 
 
+def presence(room, users, id=None):
+    ev = {"ev": "presence"}
+    if id is not None:
+        ev["id"] = id
+    ev.update(room=room, users=users, count=len(users))
+    return ev
+
+
 def joined(room, user, count, kind="joined"):
     return {"ev": kind, "room": room, "user": user, "count": count}
 
@@ -151,7 +159,7 @@ SERVER = [
         "welcome",
         {
             "ev": "welcome",
-            "conn": "0199c5e0-7a6b-7c3e-9f10-2b3c4d5e6f70",
+            "conn": "i-eu-1:17",
             "user": "alice",
             "instance": "i-eu-1",
             "limits": LIMITS,
@@ -162,8 +170,8 @@ SERVER = [
         "welcome_anonymous_batch",
         {
             "ev": "welcome",
-            "conn": "c7",
-            "user": "anon-c7",
+            "conn": "2f1d0c6e-4b5a-4f3e-8d2c-1b0a9f8e7d6c:7",
+            "user": "anon-7",
             "instance": "2f1d0c6e-4b5a-4f3e-8d2c-1b0a9f8e7d6c",
             "limits": {
                 "max_message_bytes": 1048576,
@@ -186,19 +194,19 @@ SERVER = [
     ("error_invalid_room", error("invalid_room", "room names are 1 to 128 bytes of A-Z a-z 0-9 : _ - .", id=11)),
     ("error_rate_limited", error("rate_limited", "over 50 ops/s")),
     ("error_too_many_rooms", error("too_many_rooms", "already in 100 rooms", id=12)),
-    ("error_payload_too_large", error("payload_too_large", "data is larger than allowed", id="big")),
     ("error_unavailable", error("unavailable", "the bus is unavailable, retry", id=13)),
     ("joined", joined("encounter:42", "alice", 3)),
     ("left", joined("encounter:42", "bob", 2, kind="left")),
     ("left_empty", joined("lobby", "alice", 0, kind="left")),
-    ("presence", {"ev": "presence", "room": "encounter:42", "users": ["alice", "bob", "user-17"], "count": 3}),
-    ("presence_empty", {"ev": "presence", "room": "lobby", "users": [], "count": 0}),
-    ("message_object", message("encounter:42", "alice", GOBLIN, "0199c5e0-7a6b-7c3e-9f10-000000000001")),
-    ("message_string", message("lobby", "bob", "hello", "m-2")),
-    ("message_null", message("lobby", "bob", None, "m-3")),
-    ("message_wide", message(LONG_ROOM, "alice", {"wide": WIDE, "seq": list(range(16))}, "m-4")),
-    ("direct_live", direct("alice", {"text": "hi"}, "d-1", False)),
-    ("direct_queued", direct("server", {"text": LONG}, "d-2", True, ts=TS - 60000)),
+    ("presence_event_num_id", presence("encounter:42", ["alice", "bob", "user-17"], id=70000)),
+    ("presence_event_str_id", presence("campaign:7:map", ["alice"], id="who")),
+    ("presence_event_no_id_empty", presence("lobby", [])),
+    ("message_object", message("encounter:42", "alice", GOBLIN, "3f9a1c2e-0")),
+    ("message_string", message("lobby", "bob", "hello", "3f9a1c2e-1")),
+    ("message_null", message("lobby", "bob", None, "3f9a1c2e-2")),
+    ("message_wide", message(LONG_ROOM, "alice", {"wide": WIDE, "seq": list(range(16))}, "3f9a1c2e-ff")),
+    ("direct_live", direct("alice", {"text": "hi"}, "3f9a1c2e-100", False)),
+    ("direct_queued", direct("server", {"text": LONG}, "b07c44d1-9", True, ts=TS - 60000)),
     ("pong_num_id", {"ev": "pong", "id": 5}),
     ("pong_str_id", {"ev": "pong", "id": "p-5"}),
     ("pong_no_id", {"ev": "pong"}),
@@ -208,7 +216,7 @@ SERVER = [
         {
             "ev": "batch",
             "events": [
-                message("lobby", "bob", {"n": 1}, "m-5"),
+                message("lobby", "bob", {"n": 1}, "3f9a1c2e-101"),
                 joined("lobby", "carol", 4),
             ],
         },

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use roomcast::auth::Verifier;
 use roomcast::bus::Bus;
 use roomcast::bus::memory::MemoryBus;
+use roomcast::bus::redis::{RedisBus, RedisTuning};
 use roomcast::config::{self, Command, Config, LogFormat};
 use roomcast::node::Node;
 use roomcast::offline::MemoryOffline;
@@ -40,19 +41,36 @@ fn init_tracing(format: LogFormat) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let verifier = Verifier::from_config(&config.auth)?;
-    if config.redis.is_some() {
-        anyhow::bail!("cluster mode (--redis) is not available in this build yet");
-    }
     let registry = Arc::new(Registry::new());
-    let bus = Bus::Memory(MemoryBus::new(
-        registry.clone(),
-        MemoryOffline::new(config.offline.clone()),
-    ));
+    let handle = metrics::install();
+    let (bus, mode) = match &config.redis {
+        None => (
+            Bus::Memory(MemoryBus::new(
+                registry.clone(),
+                MemoryOffline::new(config.offline.clone()),
+            )),
+            "standalone",
+        ),
+        Some(redis) => {
+            let bus = RedisBus::start(
+                redis,
+                &config.instance_id,
+                config.offline.clone(),
+                RedisTuning::default(),
+                registry.clone(),
+            )?;
+            // Listen ready if Redis answers soon; otherwise serve local
+            // traffic, not ready, while the bus keeps reconnecting.
+            if !bus.wait_ready().await {
+                tracing::warn!("redis not reachable yet; serving as not ready");
+            }
+            (Bus::Redis(bus), "cluster")
+        }
+    };
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let handle = metrics::install();
     let node = Arc::new(Node::new(config, registry, bus, verifier, handle));
 
     let sweeper = node.clone();
@@ -64,7 +82,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    tracing::info!(%addr, instance = node.instance_id(), mode = "standalone", "listening");
+    tracing::info!(%addr, instance = node.instance_id(), mode, "listening");
     // The one line on stdout: scripts and tests wait for it.
     println!("listening {addr}");
 
@@ -88,6 +106,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     if tokio::time::timeout_at(deadline, sequence).await.is_err() {
         tracing::warn!("shutdown deadline reached; exiting with connections open");
+    }
+    // Leave the cluster after the connections' own leaves went out; keep a
+    // little time for it even when the drain used the whole deadline.
+    let leave_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(2));
+    if tokio::time::timeout_at(leave_by, node.bus.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("could not leave the cluster in time; the reaper will clean up");
     }
     tracing::info!("bye");
     Ok(())

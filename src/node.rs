@@ -130,6 +130,11 @@ impl Node {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// A short random tag of this process, unique in the cluster in practice.
+    pub fn process_tag(&self) -> &str {
+        &self.mid_prefix
+    }
+
     fn next_mid(&self) -> String {
         let n = self.mid_seq.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n:x}", self.mid_prefix)

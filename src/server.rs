@@ -139,7 +139,7 @@ async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
     let conn_id = node.next_conn_id();
     let identity = match node.verifier.verify(token) {
         Ok(Some(identity)) => identity,
-        Ok(None) => Identity::anonymous(format!("anon-{conn_id}")),
+        Ok(None) => Identity::anonymous(format!("anon-{}-{conn_id}", node.process_tag())),
         Err(AuthError::Missing) => {
             return reject(StatusCode::UNAUTHORIZED, "no_token", "missing token");
         }

@@ -27,6 +27,31 @@ pub fn valid_room_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-' | b'.'))
 }
 
+/// Deepest nesting of arrays and objects allowed in `data`, so that every
+/// event carrying it (even inside a `batch`) stays far below the decoders'
+/// nesting limits.
+pub const MAX_DATA_DEPTH: usize = 32;
+
+/// Whether `v` nests at most `max` arrays and objects.
+pub fn depth_within(v: &Value, max: usize) -> bool {
+    match v {
+        Value::Array(items) => max > 0 && items.iter().all(|i| depth_within(i, max - 1)),
+        Value::Object(map) => max > 0 && map.values().all(|i| depth_within(i, max - 1)),
+        _ => true,
+    }
+}
+
+fn check_data(data: &Value) -> Result<(), Refusal> {
+    if depth_within(data, MAX_DATA_DEPTH) {
+        Ok(())
+    } else {
+        Err(Refusal::Error(
+            ErrorCode::BadRequest,
+            format!("data nested deeper than {MAX_DATA_DEPTH} levels"),
+        ))
+    }
+}
+
 /// A validated, permitted command with tenant-scoped keys.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -141,10 +166,13 @@ impl Session {
             ClientOp::Leave { room } => Command::Leave {
                 room: room_key(&room)?,
             },
-            ClientOp::Publish { room, data } => Command::Publish {
-                room: room_key(&room)?,
-                data,
-            },
+            ClientOp::Publish { room, data } => {
+                check_data(&data)?;
+                Command::Publish {
+                    room: room_key(&room)?,
+                    data,
+                }
+            }
             ClientOp::Presence { room } => {
                 let key = room_key(&room)?;
                 if !self.identity.may_join(&room) {
@@ -162,6 +190,7 @@ impl Session {
                         format!("`to` must be 1 to {MAX_USER_LEN} bytes"),
                     ));
                 }
+                check_data(&data)?;
                 Command::Send {
                     to: scoped(tenant, &to),
                     data,
@@ -200,6 +229,25 @@ mod tests {
             roles: vec![],
             rooms: rooms.map(|r| r.into_iter().map(String::from).collect()),
         }
+    }
+
+    #[test]
+    fn data_depth() {
+        let mut v = Value::Null;
+        for _ in 0..MAX_DATA_DEPTH {
+            v = Value::Array(vec![v]);
+        }
+        assert!(depth_within(&v, MAX_DATA_DEPTH));
+        let deeper = Value::Array(vec![v]);
+        assert!(!depth_within(&deeper, MAX_DATA_DEPTH));
+        let s = Session::new(identity(None, ""), &limits(), Instant::now());
+        assert!(matches!(
+            s.command(ClientOp::Publish {
+                room: "r".into(),
+                data: deeper
+            }),
+            Err(Refusal::Error(ErrorCode::BadRequest, _))
+        ));
     }
 
     #[test]

@@ -169,6 +169,17 @@ proptest! {
         }
     }
 
+    /// A float reaches every subscriber exactly as its publisher sent it.
+    /// Fails while serde_json lacks its `float_roundtrip` feature: its
+    /// default parser can be one unit in the last place off (for example it
+    /// reads -1.3536287681189533e-68 as -1.353628768118953e-68).
+    #[test]
+    fn json_floats_round_trip_exactly(x in any::<f64>().prop_filter("finite", |x| x.is_finite())) {
+        let text = serde_json::to_string(&x).expect("a finite float encodes");
+        let back: Value = Codec::Json.decode(text.as_bytes()).expect("a float decodes");
+        prop_assert_eq!(back.as_f64(), Some(x), "{} was parsed inexactly", text);
+    }
+
     #[test]
     fn mutated_frames_never_panic(
         mut bytes in arb_encoded(),
@@ -248,10 +259,13 @@ fn deep_nesting_is_rejected_without_stack_overflow() {
                 }
                 for (place, bytes) in inputs {
                     let what = format!("{codec:?} array={array} in {place}");
+                    // serde_json skips the value of an unknown field with a
+                    // loop, not recursion, and so without a depth limit: the
+                    // frame is then judged on its known fields.
+                    let skipped = codec == Codec::Json
+                        && (place == "unknown" || (place == "top level" && !array));
                     match codec.decode_request(&bytes) {
-                        // serde_json skips an ignored value with a loop, not
-                        // recursion, and so without a depth limit.
-                        Ok(_) if codec == Codec::Json && place == "unknown" => {}
+                        Ok(_) | Err(_) if skipped => {}
                         Ok(request) => panic!("{what}: accepted as {request:?}"),
                         Err(e) => {
                             let err = e.into_rejected();

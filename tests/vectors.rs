@@ -228,7 +228,8 @@ fn batch_vectors_equal_codec_batch_of_their_events() {
 fn server_vectors_cover_every_event_kind_and_error_code() {
     let mut kinds = BTreeSet::new();
     let mut codes = BTreeSet::new();
-    let (mut error_with_id, mut error_without_id) = (false, false);
+    // (kind, has an id) of the events whose id is optional.
+    let mut ids = BTreeSet::new();
     let mut queued = BTreeSet::new();
     for v in vectors(Direction::Server) {
         let ev: ServerEvent<'static> = decode(&v, Codec::Json, v.json());
@@ -240,11 +241,14 @@ fn server_vectors_cover_every_event_kind_and_error_code() {
         }
         for ev in all {
             kinds.insert(kind(&ev).to_owned());
+            let k = kind(&ev);
             match ev {
                 ServerEvent::Error { id, code, .. } => {
                     codes.insert(code.as_str().to_owned());
-                    error_with_id |= id.is_some();
-                    error_without_id |= id.is_none();
+                    ids.insert((k, id.is_some()));
+                }
+                ServerEvent::Pong { id } | ServerEvent::Presence { id, .. } => {
+                    ids.insert((k, id.is_some()));
                 }
                 ServerEvent::Direct { queued: q, .. } => {
                     queued.insert(q);
@@ -255,10 +259,11 @@ fn server_vectors_cover_every_event_kind_and_error_code() {
     }
     assert_eq!(kinds, event_kinds().into_iter().collect(), "event kinds");
     assert_eq!(codes, error_codes().into_iter().collect(), "error codes");
-    assert!(
-        error_with_id && error_without_id,
-        "error with and without id"
-    );
+    for k in ["error", "pong", "presence"] {
+        for with_id in [true, false] {
+            assert!(ids.contains(&(k, with_id)), "no {k} with id: {with_id}");
+        }
+    }
     assert_eq!(queued.len(), 2, "direct with queued true and false");
 }
 

@@ -1,9 +1,10 @@
 //! The bus: how an instance reaches rooms, users and offline queues beyond
 //! its own sockets. One type, two implementations: [`memory`] for the
-//! standalone mode and Redis for cluster mode. The rest of the server calls
-//! only the methods here and never learns which one runs.
+//! standalone mode and [`redis`] for cluster mode. The rest of the server
+//! calls only the methods here and never learns which one runs.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -98,6 +99,7 @@ pub enum BusError {
 
 pub enum Bus {
     Memory(memory::MemoryBus),
+    Redis(redis::RedisBus),
 }
 
 impl Bus {
@@ -106,6 +108,7 @@ impl Bus {
     pub async fn room_interest(&self, room: &Arc<str>, on: bool) -> Result<(), BusError> {
         match self {
             Bus::Memory(b) => b.room_interest(room, on),
+            Bus::Redis(b) => b.room_interest(room, on).await,
         }
     }
 
@@ -113,24 +116,31 @@ impl Bus {
     pub async fn publish(&self, room: &Arc<str>, event: RoomEvent) -> Result<(), BusError> {
         match self {
             Bus::Memory(b) => b.publish(room, event),
+            Bus::Redis(b) => b.publish(room, event).await,
         }
     }
 
     /// Records that a user's first local connection joined a room; returns
     /// the room's distinct user count cluster-wide afterwards.
     pub async fn presence_join(&self, room: &Arc<str>, user: &Arc<str>) -> Result<u64, BusError> {
-        let _ = user;
         match self {
-            Bus::Memory(b) => Ok(b.presence_count(room)),
+            Bus::Memory(b) => {
+                let _ = user;
+                Ok(b.presence_count(room))
+            }
+            Bus::Redis(b) => b.presence_join(room, user).await,
         }
     }
 
     /// Records that a user's last local connection left a room; returns the
     /// count afterwards.
     pub async fn presence_leave(&self, room: &Arc<str>, user: &Arc<str>) -> Result<u64, BusError> {
-        let _ = user;
         match self {
-            Bus::Memory(b) => Ok(b.presence_count(room)),
+            Bus::Memory(b) => {
+                let _ = user;
+                Ok(b.presence_count(room))
+            }
+            Bus::Redis(b) => b.presence_leave(room, user).await,
         }
     }
 
@@ -138,6 +148,7 @@ impl Bus {
     pub async fn presence(&self, room: &Arc<str>) -> Result<Vec<String>, BusError> {
         match self {
             Bus::Memory(b) => Ok(b.presence(room)),
+            Bus::Redis(b) => b.presence(room).await,
         }
     }
 
@@ -146,6 +157,7 @@ impl Bus {
     pub async fn send(&self, user: &Arc<str>, msg: DirectMessage) -> Result<SendOutcome, BusError> {
         match self {
             Bus::Memory(b) => Ok(b.send(user, msg)),
+            Bus::Redis(b) => b.send(user, msg).await,
         }
     }
 
@@ -157,6 +169,7 @@ impl Bus {
                 b.attach(conn);
                 Ok(())
             }
+            Bus::Redis(b) => b.attach(conn).await,
         }
     }
 
@@ -165,6 +178,7 @@ impl Bus {
     pub async fn detach(&self, conn: &Arc<ConnHandle>) -> Vec<(Arc<str>, LeaveChange)> {
         match self {
             Bus::Memory(b) => b.detach(conn),
+            Bus::Redis(b) => b.detach(conn).await,
         }
     }
 
@@ -173,6 +187,7 @@ impl Bus {
     pub async fn offline_written(&self, user: &Arc<str>, upto: u64) {
         match self {
             Bus::Memory(b) => b.offline_written(user, upto),
+            Bus::Redis(b) => b.offline_written(user, upto).await,
         }
     }
 
@@ -180,6 +195,7 @@ impl Bus {
     pub fn is_ready(&self) -> bool {
         match self {
             Bus::Memory(_) => true,
+            Bus::Redis(b) => b.is_ready(),
         }
     }
 
@@ -187,6 +203,7 @@ impl Bus {
     pub fn offline_depth(&self) -> usize {
         match self {
             Bus::Memory(b) => b.offline_depth(),
+            Bus::Redis(b) => b.offline_depth(),
         }
     }
 
@@ -194,6 +211,18 @@ impl Bus {
     pub fn sweep(&self) {
         match self {
             Bus::Memory(b) => b.sweep(),
+            // Redis expires queues itself (PEXPIRE, and TTL checks on read).
+            Bus::Redis(_) => {}
+        }
+    }
+
+    /// Leaves the cluster on graceful shutdown, after the connections were
+    /// closed: writes held messages, removes this instance's registration,
+    /// routes and presence.
+    pub async fn shutdown(&self) {
+        match self {
+            Bus::Memory(_) => {}
+            Bus::Redis(b) => b.shutdown().await,
         }
     }
 }

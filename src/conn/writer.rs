@@ -20,6 +20,9 @@ use crate::metrics;
 use crate::node::Node;
 use crate::protocol::CloseCode;
 
+/// How long the close frame may take to reach a peer's socket.
+const CLOSE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most queue items written between two flushes.
 const MAX_ITEMS_PER_FLUSH: usize = 256;
 
@@ -35,6 +38,9 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut frames: Vec<Message> = Vec::new();
+    // The first write carries `welcome` (queued before anything else) alone,
+    // so it is never part of a batch.
+    let mut per_flush = 1;
     let close = loop {
         let first = tokio::select! {
             biased;
@@ -60,16 +66,21 @@ pub async fn run<S>(
                     break;
                 }
             }
-            if taken < MAX_ITEMS_PER_FLUSH {
+            if taken < per_flush {
                 item = rx.try_recv().ok();
             }
         }
-        if write(&mut sink, &mut frames, batch, handle.codec)
-            .await
-            .is_err()
-        {
+        // A peer that stops reading blocks the write once the socket buffer
+        // is full; a kill (slow consumer, shutdown) must still end the task.
+        let written = tokio::select! {
+            biased;
+            _ = handle.killed() => break handle.close_code(),
+            r = write(&mut sink, &mut frames, batch, handle.codec) => r,
+        };
+        if written.is_err() {
             break None;
         }
+        per_flush = MAX_ITEMS_PER_FLUSH;
         for upto in acks {
             node.bus.offline_written(&handle.user, upto).await;
         }
@@ -83,9 +94,11 @@ pub async fn run<S>(
             code: WsCloseCode::from(code),
             reason: close_reason(code).into(),
         };
-        let _ = sink.send(Message::Close(Some(frame))).await;
+        // Bounded: the socket may be full because the peer stopped reading.
+        let _ =
+            tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
     }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.close()).await;
     // Stops the reader too when the writer ended first (write error, close).
     handle.close(CloseCode::GoingAway);
 }

@@ -24,8 +24,6 @@ pub enum ErrorCode {
     TooManyRooms,
     /// Publish or leave of a room the connection has not joined.
     NotJoined,
-    /// The `data` of a publish or send is larger than allowed.
-    PayloadTooLarge,
     /// The server cannot take the message now (e.g. the bus is down); retry.
     Unavailable,
 }
@@ -41,7 +39,6 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::NotJoined => "not_joined",
-            ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Unavailable => "unavailable",
         }
     }

@@ -184,6 +184,8 @@ pub struct Client {
     pending: std::collections::VecDeque<Event>,
     pub welcome: Option<Event>,
     next_id: u64,
+    /// How many `batch` frames arrived.
+    pub batches: usize,
 }
 
 impl Client {
@@ -208,6 +210,7 @@ impl Client {
             pending: Default::default(),
             welcome: None,
             next_id: 1,
+            batches: 0,
         };
         let w = c.recv().await;
         assert!(
@@ -221,6 +224,13 @@ impl Client {
     pub async fn send(&mut self, frame: &ClientFrame) {
         let bytes = self.codec.encode(frame).expect("encode");
         self.send_raw(bytes.to_vec()).await;
+    }
+
+    /// Sends a publish whose frame is `size` bytes long.
+    pub async fn publish_raw_big(&mut self, size: usize) {
+        let pad = "x".repeat(size);
+        let frame = ClientFrame::new("publish").room("r").data(json!(pad));
+        self.send(&frame).await;
     }
 
     /// Sends bytes as a frame of this codec's type.
@@ -289,6 +299,7 @@ impl Client {
             let ev: Event = self.codec.decode(&bytes).expect("server sent a bad frame");
             return Some(match ev {
                 ServerEvent::Batch { events } => {
+                    self.batches += 1;
                     let mut it = events.into_iter();
                     let first = it.next().expect("empty batch");
                     self.pending.extend(it);
@@ -371,6 +382,30 @@ pub fn answers(e: &Event, id: u64) -> bool {
     }
 }
 
+/// Tries a WebSocket upgrade and returns the HTTP status of a refusal
+/// (`None` when the upgrade succeeded).
+pub async fn upgrade_status(
+    req: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> Option<u16> {
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => None,
+        Err(WsError::Http(resp)) => Some(resp.status().as_u16()),
+        Err(e) => panic!("unexpected upgrade error: {e}"),
+    }
+}
+
+/// A Prometheus counter's value from `/metrics` text (summing label sets).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A `redis-server` on a free port with nothing on disk, killed when dropped.
 pub struct Redis {
     pub child: Child,
@@ -444,5 +479,42 @@ pub fn message_data(ev: &Event) -> Option<&Value> {
     match ev {
         ServerEvent::Message { data, .. } => Some(data),
         _ => None,
+    }
+}
+
+impl Redis {
+    /// A `redis-server` on `port` keeping its data in `dir` (append-only
+    /// file, fsync on every write), so a kill and a restart on the same
+    /// `dir` loses nothing that was acknowledged.
+    pub async fn start_persistent_on(port: u16, dir: &std::path::Path) -> Redis {
+        std::fs::create_dir_all(dir).expect("redis dir");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn redis-server");
+        let redis = Redis { child, port };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        // PING answers PONG only once the append-only file is loaded.
+        while redis.cli(&["PING"]).trim() != "PONG" {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        redis
     }
 }

@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::wire::{self, Inbound, Kind, Op, Order, OrderTracker, Stamp};
+use crate::wire::{self, Inbound, Kind, Op, OrderTracker, Seen, Stamp};
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -242,6 +242,8 @@ pub struct Shared {
     pub last_ready_ns: AtomicU64,
     totals: Mutex<Totals>,
     hist: Vec<Mutex<Histogram<u64>>>,
+    /// Time from a client's connect permit to ready, µs.
+    setup_hist: Mutex<Histogram<u64>>,
     first_error: Mutex<Option<String>>,
     pub welcome: Mutex<Option<String>>,
 }
@@ -276,6 +278,7 @@ impl Shared {
             last_ready_ns: AtomicU64::new(0),
             totals: Mutex::new(Totals::default()),
             hist: (0..HIST_SHARDS).map(|_| Mutex::new(new_hist())).collect(),
+            setup_hist: Mutex::new(new_hist()),
             first_error: Mutex::new(None),
             welcome: Mutex::new(None),
         };
@@ -293,6 +296,10 @@ impl Shared {
             let _ = h.add(&*lock(shard));
         }
         h
+    }
+
+    pub fn setup_times(&self) -> Histogram<u64> {
+        lock(&self.setup_hist).clone()
     }
 
     pub fn first_error(&self) -> Option<String> {
@@ -398,6 +405,7 @@ async fn client(spec: ClientSpec, sh: Arc<Shared>) {
     let mut local = Local::new(spec.expect);
     let setup = {
         let permit = sh.connect_sem.acquire().await;
+        let t0 = Instant::now();
         // The setup future is boxed so that its (large) handshake state is
         // freed once connected instead of living in every idle task.
         let r = tokio::time::timeout(
@@ -406,6 +414,8 @@ async fn client(spec: ClientSpec, sh: Arc<Shared>) {
         )
         .await;
         drop(permit);
+        let us = t0.elapsed().as_micros() as u64;
+        lock(&sh.setup_hist).saturating_record(us.max(1));
         r
     };
     sh.last_ready_ns.fetch_max(now_ns(), Relaxed);
@@ -494,50 +504,105 @@ async fn read_setup_frame(
     }
 }
 
-/// The send schedule of a scheduled sender.
+/// The fixed-rate schedule of a publisher or direct sender: message `k`
+/// is due at `origin + k * period`.
 struct Schedule {
-    next_ns: u64,
+    origin_ns: u64,
+    period_ns: u64,
     k: u64,
+}
+
+impl Schedule {
+    fn for_plan(role: &Role, plan: &Plan) -> Option<Schedule> {
+        let (period_ns, phase_ns) = match role {
+            Role::Publish {
+                period_ns,
+                phase_ns,
+                ..
+            }
+            | Role::Direct {
+                period_ns,
+                phase_ns,
+                ..
+            } => (*period_ns, *phase_ns),
+            _ => return None,
+        };
+        (plan.send_start_ns != NEVER).then(|| Schedule {
+            origin_ns: plan.send_start_ns.saturating_add(phase_ns),
+            period_ns: period_ns.max(1),
+            k: 0,
+        })
+    }
+
+    fn due_ns(&self) -> u64 {
+        self.origin_ns
+            .saturating_add(self.k.saturating_mul(self.period_ns))
+    }
+
+    /// Moves to the next message after one is sent at `now`, counting a
+    /// late send, or skipping ahead when more than 1 s behind (a loadgen
+    /// that cannot keep up must not then burst to catch up).
+    fn advance(&mut self, now: u64, t: &mut Totals) {
+        let lag = now.saturating_sub(self.due_ns());
+        if lag > 1_000_000_000 {
+            let k_now = now.saturating_sub(self.origin_ns) / self.period_ns;
+            t.skipped_sends += k_now.saturating_sub(self.k);
+            self.k = k_now;
+        } else if lag > 10_000_000 {
+            t.late_sends += 1;
+        }
+        self.k += 1;
+    }
+}
+
+/// Where a burst sender is: round, and index into its recipients.
+#[derive(Debug, Clone, Copy)]
+struct BurstPos {
+    round: u32,
+    idx: usize,
+}
+
+/// What the sending side of a client keeps between sends.
+struct Sender {
+    seq: u64,
+    schedule: Option<Schedule>,
+    burst: Option<BurstPos>,
+    burst_started: bool,
 }
 
 async fn run(mut ws: Ws, spec: &ClientSpec, sh: &Shared, local: &mut Local) {
     let mut rx = sh.plan.clone();
     let mut plan = *rx.borrow_and_update();
-    let period = match spec.role {
-        Role::Publish { period_ns, .. } | Role::Direct { period_ns, .. } => period_ns.max(1),
-        _ => 0,
+    let mut tx = Sender {
+        seq: 0,
+        schedule: Schedule::for_plan(&spec.role, &plan),
+        burst: None,
+        burst_started: false,
     };
-    let phase = match spec.role {
-        Role::Publish { phase_ns, .. } | Role::Direct { phase_ns, .. } => phase_ns,
-        _ => 0,
-    };
-    let schedule_for = |plan: &Plan| -> Option<Schedule> {
-        (period > 0 && plan.send_start_ns != NEVER).then(|| Schedule {
-            next_ns: plan.send_start_ns.saturating_add(phase),
-            k: 0,
-        })
-    };
-    let mut schedule = schedule_for(&plan);
-    let mut burst_next: Option<(u32, usize)> = None;
-    let mut burst_started = false;
     let stop = tokio::time::sleep_until(at(plan.stop_ns));
     tokio::pin!(stop);
-    let send_timer = tokio::time::sleep_until(at(schedule.as_ref().map_or(NEVER, |s| s.next_ns)));
+    let next_due = |tx: &Sender| at(tx.schedule.as_ref().map_or(NEVER, Schedule::due_ns));
+    let send_timer = tokio::time::sleep_until(next_due(&tx));
     tokio::pin!(send_timer);
-    let mut seq: u64 = 0;
     let stopped_by_plan = loop {
-        if !burst_started && plan.send_start_ns != NEVER {
-            if let Role::Burst { .. } = spec.role {
-                burst_next = Some((0, 0));
-                burst_started = true;
-            }
+        if !tx.burst_started
+            && plan.send_start_ns != NEVER
+            && matches!(spec.role, Role::Burst { .. })
+        {
+            tx.burst = Some(BurstPos { round: 0, idx: 0 });
+            tx.burst_started = true;
         }
-        let scheduled = schedule.is_some();
-        let bursting = burst_next.is_some();
+        let scheduled = tx.schedule.is_some();
+        let bursting = tx.burst.is_some();
+        // Once a plan has a stop, only the stop timer matters: watching the
+        // channel on every wake-up would take its lock once per delivery.
+        let plan_open = plan.stop_ns == NEVER;
+        // A server that stops reading must not keep a sender past its stop.
+        let stop_at = at(plan.stop_ns);
         tokio::select! {
             biased;
             _ = &mut stop => break true,
-            changed = rx.changed() => {
+            changed = rx.changed(), if plan_open => {
                 if changed.is_err() {
                     break true;
                 }
@@ -546,32 +611,21 @@ async fn run(mut ws: Ws, spec: &ClientSpec, sh: &Shared, local: &mut Local) {
                     stop.as_mut().reset(at(new_plan.stop_ns));
                 }
                 if new_plan.send_start_ns != plan.send_start_ns {
-                    schedule = schedule_for(&new_plan);
-                    send_timer.as_mut().reset(at(schedule.as_ref().map_or(NEVER, |s| s.next_ns)));
+                    tx.schedule = Schedule::for_plan(&spec.role, &new_plan);
+                    send_timer.as_mut().reset(next_due(&tx));
                 }
                 plan = new_plan;
             }
             _ = &mut send_timer, if scheduled => {
-                let Some(s) = schedule.as_mut() else { continue };
                 let now = now_ns();
-                if now >= plan.send_end_ns {
-                    schedule = None;
+                let Some(s) = tx.schedule.as_mut().filter(|_| now < plan.send_end_ns) else {
+                    tx.schedule = None;
                     continue;
-                }
-                let lag = now.saturating_sub(s.next_ns);
-                if lag > 1_000_000_000 {
-                    // Far behind: skip ahead instead of bursting to catch up.
-                    let k_now = now.saturating_sub(plan.send_start_ns.saturating_add(phase)) / period;
-                    local.t.skipped_sends += k_now.saturating_sub(s.k);
-                    s.k = k_now;
-                } else if lag > 10_000_000 {
-                    local.t.late_sends += 1;
-                }
-                s.k += 1;
-                s.next_ns = plan.send_start_ns.saturating_add(phase).saturating_add(s.k.saturating_mul(period));
-                send_timer.as_mut().reset(at(s.next_ns));
-                // A server that stops reading must not keep this client past its stop.
-                match tokio::time::timeout_at(at(plan.stop_ns), send_one(&mut ws, spec, sh, local, &plan, &mut seq)).await {
+                };
+                s.advance(now, &mut local.t);
+                send_timer.as_mut().reset(next_due(&tx));
+                let sent = send_scheduled(&mut ws, spec, sh, local, &plan, &mut tx.seq);
+                match tokio::time::timeout_at(stop_at, sent).await {
                     Ok(true) => {}
                     Ok(false) => break false,
                     Err(_) => break true,
@@ -594,12 +648,10 @@ async fn run(mut ws: Ws, spec: &ClientSpec, sh: &Shared, local: &mut Local) {
                 }
             },
             _ = std::future::ready(()), if bursting => {
-                let Role::Burst { to, rounds, .. } = &spec.role else { continue };
-                let Some((round, idx)) = burst_next else { continue };
-                let chunk = burst_chunk(&mut ws, sh, local, &plan, &mut seq, spec, (round, idx), to, *rounds);
-                match tokio::time::timeout_at(at(plan.stop_ns), chunk).await {
-                    Ok(Ok(next)) => burst_next = next,
-                    Ok(Err(())) => break false,
+                let chunk = burst_chunk(&mut ws, spec, sh, local, &plan, &mut tx);
+                match tokio::time::timeout_at(stop_at, chunk).await {
+                    Ok(true) => {}
+                    Ok(false) => break false,
                     Err(_) => break true,
                 }
             }
@@ -612,63 +664,71 @@ async fn run(mut ws: Ws, spec: &ClientSpec, sh: &Shared, local: &mut Local) {
     let _ = tokio::time::timeout(Duration::from_millis(300), ws.close(None)).await;
 }
 
-/// Sends `CHUNK` frames of a burst; returns the position to continue
-/// from, or `None` when the burst and its final ping are sent.
-#[allow(clippy::too_many_arguments)]
+/// Sends the next frames of a burst (a chunk, to let reads in between);
+/// after the last one, the ping whose pong marks the burst as taken.
+/// Returns false when the connection failed.
 async fn burst_chunk(
     ws: &mut Ws,
+    spec: &ClientSpec,
     sh: &Shared,
     local: &mut Local,
     plan: &Plan,
-    seq: &mut u64,
-    spec: &ClientSpec,
-    (mut round, mut idx): (u32, usize),
-    to: &[Arc<str>],
-    rounds: u32,
-) -> Result<Option<(u32, usize)>, ()> {
+    tx: &mut Sender,
+) -> bool {
     const CHUNK: usize = 32;
-    let Role::Burst { publisher, .. } = spec.role else {
-        return Ok(None);
+    let (
+        Role::Burst {
+            to,
+            publisher,
+            rounds,
+        },
+        Some(mut pos),
+    ) = (&spec.role, tx.burst)
+    else {
+        tx.burst = None;
+        return true;
     };
     for _ in 0..CHUNK {
-        if idx >= to.len() {
-            idx = 0;
-            round += 1;
+        if pos.idx >= to.len() {
+            pos = BurstPos {
+                round: pos.round + 1,
+                idx: 0,
+            };
         }
-        if round >= rounds || to.is_empty() {
-            let ping = wire::encode(
+        if pos.round >= *rounds || to.is_empty() {
+            tx.burst = None;
+            let Ok(ping) = wire::encode(
                 sh.settings.codec,
                 &Op::Ping {
                     id: BURST_DONE_PING,
                 },
                 "",
-            );
-            let ok = match ping {
-                Ok(m) => ws.send(m).await.is_ok(),
-                Err(_) => false,
+            ) else {
+                return false;
             };
-            return if ok { Ok(None) } else { Err(()) };
+            return ws.send(ping).await.is_ok();
         }
         let stamp = Stamp {
             t: now_ns(),
-            p: publisher,
-            s: *seq,
+            p: *publisher,
+            s: tx.seq,
         };
         let op = Op::Send {
-            to: &to[idx],
+            to: &to[pos.idx],
             stamp,
         };
         if !feed(ws, sh, local, plan, &op, stamp).await {
-            return Err(());
+            return false;
         }
-        *seq += 1;
-        idx += 1;
+        tx.seq += 1;
+        pos.idx += 1;
     }
+    tx.burst = Some(pos);
     if ws.flush().await.is_err() {
         local.t.send_errors += 1;
-        return Err(());
+        return false;
     }
-    Ok(Some((round, idx)))
+    true
 }
 
 /// Encodes and queues one stamped frame, counting it as published.
@@ -701,7 +761,8 @@ async fn feed(
     true
 }
 
-async fn send_one(
+/// Sends one message of a publisher or direct sender, stamped now.
+async fn send_scheduled(
     ws: &mut Ws,
     spec: &ClientSpec,
     sh: &Shared,
@@ -709,24 +770,25 @@ async fn send_one(
     plan: &Plan,
     seq: &mut u64,
 ) -> bool {
-    let (publisher, room, to) = match &spec.role {
-        Role::Publish {
-            room, publisher, ..
-        } => (*publisher, Some(room), None),
-        Role::Direct { to, publisher, .. } => (*publisher, None, Some(to)),
-        _ => return true,
-    };
-    let stamp = Stamp {
+    let stamp = |p: u32| Stamp {
         t: now_ns(),
-        p: publisher,
+        p,
         s: *seq,
     };
-    *seq += 1;
-    let op = match (room, to) {
-        (Some(room), _) => Op::Publish { room, stamp },
-        (_, Some(to)) => Op::Send { to, stamp },
+    let (op, stamp) = match &spec.role {
+        Role::Publish {
+            room, publisher, ..
+        } => {
+            let stamp = stamp(*publisher);
+            (Op::Publish { room, stamp }, stamp)
+        }
+        Role::Direct { to, publisher, .. } => {
+            let stamp = stamp(*publisher);
+            (Op::Send { to, stamp }, stamp)
+        }
         _ => return true,
     };
+    *seq += 1;
     if !feed(ws, sh, local, plan, &op, stamp).await {
         return false;
     }
@@ -861,9 +923,9 @@ impl Local {
     ) {
         self.t.received_total += 1;
         match self.order.observe(stamp.p, stamp.s) {
-            Order::InOrder => {}
-            Order::OutOfOrder => self.t.out_of_order += 1,
-            Order::Duplicate => {
+            Seen::InOrder => {}
+            Seen::OutOfOrder => self.t.out_of_order += 1,
+            Seen::Duplicate => {
                 self.t.out_of_order += 1;
                 self.t.duplicates += 1;
                 return;

@@ -109,7 +109,7 @@ impl Report {
         let f = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |v| format!("{v}"));
         eprintln!(
             "loadgen: {} clients={} rate={} published={} expected={} received={} loss%={} \
-             del/s={} p50={} p99={} max={} ms ooo={} dup={} srv_cpu_s={:?} lg_cpu_s={} \
+             del/s={} p50={} p99={} max={} ms ooo={} dup={} srv_cpu_s={} lg_cpu_s={} \
              bytes/conn={} bottleneck={}",
             self.workload,
             self.clients,
@@ -124,7 +124,11 @@ impl Report {
             f(self.max_ms),
             self.out_of_order,
             self.duplicates,
-            self.server_cpu_s,
+            self.server_cpu_s
+                .iter()
+                .map(|c| f(*c))
+                .collect::<Vec<_>>()
+                .join("/"),
             f(self.loadgen_cpu_s),
             f(self.bytes_per_conn),
             self.loadgen_bottleneck,

@@ -170,17 +170,17 @@ pub struct OrderTracker {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
+pub enum Seen {
     InOrder,
     OutOfOrder,
     Duplicate,
 }
 
 impl OrderTracker {
-    pub fn observe(&mut self, publisher: u32, seq: u64) -> Order {
+    pub fn observe(&mut self, publisher: u32, seq: u64) -> Seen {
         let Some(entry) = self.seen.iter_mut().find(|e| e.0 == publisher) else {
             self.seen.push((publisher, seq, 1));
-            return Order::InOrder;
+            return Seen::InOrder;
         };
         let (_, max, bits) = entry;
         if seq > *max {
@@ -188,18 +188,18 @@ impl OrderTracker {
             *bits = if shift >= 64 { 0 } else { *bits << shift };
             *bits |= 1;
             *max = seq;
-            return Order::InOrder;
+            return Seen::InOrder;
         }
         let back = *max - seq;
         if back >= 64 {
-            return Order::OutOfOrder;
+            return Seen::OutOfOrder;
         }
         let bit = 1u64 << back;
         if *bits & bit != 0 {
-            Order::Duplicate
+            Seen::Duplicate
         } else {
             *bits |= bit;
-            Order::OutOfOrder
+            Seen::OutOfOrder
         }
     }
 }
@@ -211,14 +211,14 @@ mod tests {
     #[test]
     fn order_tracker_classifies() {
         let mut t = OrderTracker::default();
-        assert_eq!(t.observe(1, 0), Order::InOrder);
-        assert_eq!(t.observe(1, 2), Order::InOrder);
-        assert_eq!(t.observe(1, 1), Order::OutOfOrder);
-        assert_eq!(t.observe(1, 1), Order::Duplicate);
-        assert_eq!(t.observe(1, 2), Order::Duplicate);
-        assert_eq!(t.observe(2, 0), Order::InOrder);
-        assert_eq!(t.observe(1, 200), Order::InOrder);
-        assert_eq!(t.observe(1, 100), Order::OutOfOrder);
+        assert_eq!(t.observe(1, 0), Seen::InOrder);
+        assert_eq!(t.observe(1, 2), Seen::InOrder);
+        assert_eq!(t.observe(1, 1), Seen::OutOfOrder);
+        assert_eq!(t.observe(1, 1), Seen::Duplicate);
+        assert_eq!(t.observe(1, 2), Seen::Duplicate);
+        assert_eq!(t.observe(2, 0), Seen::InOrder);
+        assert_eq!(t.observe(1, 200), Seen::InOrder);
+        assert_eq!(t.observe(1, 100), Seen::OutOfOrder);
     }
 
     #[test]

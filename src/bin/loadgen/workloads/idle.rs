@@ -38,14 +38,13 @@ pub async fn idle(
             expect: 0,
         })
         .collect();
-    if let Some(limit) = Proc::Myself.nofile_soft() {
-        if (limit as usize) < clients + 64 {
-            eprintln!(
-                "loadgen: warning: open-file soft limit {limit} is below {} clients; \
-                 raise it with `ulimit -n`",
-                clients
-            );
-        }
+    if let Some(limit) = Proc::Myself.nofile_soft()
+        && (limit as usize) < clients + 64
+    {
+        eprintln!(
+            "loadgen: warning: open-file soft limit {limit} is below {clients} clients; \
+             raise it with `ulimit -n`"
+        );
     }
 
     let mut report = ctx.report(id, clients, rooms);

@@ -148,6 +148,11 @@ pub fn put_totals(r: &mut Report, sh: &Shared, t: &Totals, aborted: usize) {
     d.insert("send_errors".into(), json!(t.send_errors));
     d.insert("queued_deliveries".into(), json!(t.queued_deliveries));
     d.insert("live_deliveries".into(), json!(t.live_deliveries));
+    d.insert("other_events".into(), json!(t.other_events));
+    d.insert(
+        "setup_ms".into(),
+        crate::report::Latency::of(&sh.setup_times()).detail(),
+    );
     d.insert("tasks_aborted".into(), json!(aborted));
     if let Ok(w) = sh.welcome.lock() {
         d.insert("welcome".into(), json!(*w));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::{Ctx, put_cpu, put_totals, round1, round3, sleep_until_ns};
+use super::{Ctx, put_cpu, put_totals, round1, round3};
 use crate::engine::{self, ClientSpec, NEVER, Plan, Role, Shared, now_ns};
 use crate::procstat::{CpuSnapshot, CpuUsed};
 use crate::report::{Latency, Report, loss_pct};
@@ -77,7 +77,8 @@ pub async fn offline(ctx: &Ctx, id: &str, shape: &OfflineShape) -> anyhow::Resul
     let extra: Vec<_> = ctx.extra.iter().map(|(_, p)| *p).collect();
     let before = CpuSnapshot::take(&ctx.servers, &extra);
     let wall0 = Instant::now();
-    let send_start = now_ns() + 100_000_000;
+    // Bursts start as soon as the plan reaches the senders.
+    let send_start = now_ns();
     let _ = plan_tx.send(Plan {
         send_start_ns: send_start,
         window_start_ns: 0,
@@ -85,7 +86,6 @@ pub async fn offline(ctx: &Ctx, id: &str, shape: &OfflineShape) -> anyhow::Resul
         send_end_ns: NEVER,
         stop_ns: NEVER,
     });
-    sleep_until_ns(send_start).await;
     let phase_limit = Duration::from_secs_f64(shape.phase_timeout_s);
     let t = Instant::now();
     while sh.bursts_done.load(Relaxed) < ready_senders && t.elapsed() < phase_limit {

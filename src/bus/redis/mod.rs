@@ -1,0 +1,446 @@
+//! The Redis bus of cluster mode: every instance sharing a Redis acts as
+//! one server. Only this folder names fred.
+//!
+//! Files by concept:
+//! - [`keys`]: the key and channel schema; [`wire`]: the message formats;
+//!   [`scripts`]: the Lua scripts (every atomic multi-step change).
+//! - [`subscriber`]: interest-based room subscriptions and the receive loop.
+//! - [`presence`]: per-instance room membership and cluster-wide counts.
+//! - [`routes`]: user -> instance routes, direct messages, the attach gate.
+//! - [`offline`]: the offline queue acknowledgement and the outbox that
+//!   holds direct messages while Redis is unreachable.
+//! - [`heartbeat`]: the instance's TTL key and registry entry.
+//! - [`reaper`]: cleaning up after dead instances, and deregistration.
+//! - [`sync`]: the supervisor: readiness, reconnects and the resync that
+//!   re-asserts everything this instance holds.
+//!
+//! Invariants:
+//! - Local delivery never waits for Redis; when Redis is unreachable local
+//!   traffic keeps flowing and the resync repairs Redis afterwards.
+//! - An instance delivers its own room messages directly and drops them
+//!   when they come back from Redis (an `origin` prefix test).
+//! - Every direct message either reaches an instance subscribed to the
+//!   user's route, or is queued, or waits in the bounded outbox, or its
+//!   sender gets `unavailable`. Never silently nothing.
+
+mod converge;
+mod heartbeat;
+pub mod keys;
+mod offline;
+mod presence;
+mod reaper;
+mod routes;
+mod scripts;
+mod subscriber;
+mod sync;
+mod wire;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fred::clients::SubscriberClient;
+use fred::prelude::{
+    Builder, Client, ClientLike, Config as FredConfig, Error as RedisError, EventInterface,
+    PubsubInterface, ReconnectPolicy,
+};
+use fred::types::config::UnresponsiveConfig;
+use thiserror::Error;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{BusError, DirectMessage, RoomEvent, SendOutcome};
+use crate::config::{OfflineConfig, RedisConfig};
+use crate::conn::handle::ConnHandle;
+use crate::registry::{LeaveChange, Registry, unscoped};
+use converge::Converger;
+use keys::Keys;
+use offline::Outbox;
+use routes::{Epochs, Gate};
+use scripts::Scripts;
+
+/// Timings and sizes of cluster mode. Defaults follow the spec (heartbeat
+/// every 5 s, TTL 15 s).
+#[derive(Debug, Clone)]
+pub struct RedisTuning {
+    /// How often the instance refreshes its heartbeat key and registry score.
+    pub heartbeat_interval: Duration,
+    /// TTL of the heartbeat key; an instance silent this long is dead.
+    pub heartbeat_ttl: Duration,
+    /// How often each instance looks for dead instances.
+    pub reaper_interval: Duration,
+    /// How long a reaper holds the lock on one dead instance.
+    pub reap_lock_ttl: Duration,
+    /// Timeout of every Redis command.
+    pub command_timeout: Duration,
+    /// Reconnect backoff: first delay and cap (retries forever).
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// Direct messages held in memory while Redis is unreachable; beyond
+    /// it senders get `unavailable`.
+    pub outbox_capacity: usize,
+    /// Capacity of fred's pub/sub broadcast channel (messages in flight
+    /// between the socket reader and the receive loop).
+    pub subscriber_buffer: usize,
+    /// How long `serve` waits for the first sync before listening anyway
+    /// (not ready).
+    pub startup_wait: Duration,
+}
+
+impl Default for RedisTuning {
+    fn default() -> Self {
+        RedisTuning {
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_ttl: Duration::from_secs(15),
+            reaper_interval: Duration::from_secs(2),
+            reap_lock_ttl: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(3),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            outbox_capacity: 10_000,
+            subscriber_buffer: 65_536,
+            startup_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    #[error("invalid redis url: {0}")]
+    Url(String),
+    #[error("instance id {0:?} cannot be used in cluster mode: use only A-Z a-z 0-9 . _ -")]
+    InstanceId(String),
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+}
+
+/// State shared by the bus facade and its background tasks.
+pub(crate) struct Shared {
+    keys: Keys,
+    tuning: RedisTuning,
+    offline_cfg: OfflineConfig,
+    registry: Arc<Registry>,
+    client: Client,
+    sub: SubscriberClient,
+    scripts: Scripts,
+    /// The connections are believed usable: false from a connection error
+    /// until the next resync starts. Operations skip Redis meanwhile.
+    up: AtomicBool,
+    /// The last resync finished and nothing since required another.
+    synced: AtomicBool,
+    /// Something Redis should hold may be missing: resync soon.
+    dirty: AtomicBool,
+    /// Wakes the supervisor (dirty, shutdown).
+    wake: Notify,
+    /// Subscribed rooms, converging on "has local members".
+    interest: Converger<Arc<str>>,
+    /// This instance's presence records, converging on the registry.
+    presence: Converger<(Arc<str>, Arc<str>)>,
+    gate: Gate,
+    epochs: Epochs,
+    outbox: Outbox,
+    /// Prefix of room payloads this instance published.
+    own_prefix: String,
+    started: Instant,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The Redis bus: a cheap handle on the shared state.
+pub struct RedisBus {
+    shared: Arc<Shared>,
+    /// fred's connection tasks, awaited at shutdown (std mutex: taken
+    /// once, never across an await).
+    connections: Mutex<Vec<JoinHandle<Result<(), RedisError>>>>,
+}
+
+impl RedisBus {
+    /// Builds the clients, starts the connection, receive, heartbeat and
+    /// reaper tasks, and returns at once; [`RedisBus::wait_ready`] waits
+    /// for the first sync.
+    pub fn start(
+        cfg: &RedisConfig,
+        instance_id: &str,
+        offline_cfg: OfflineConfig,
+        tuning: RedisTuning,
+        registry: Arc<Registry>,
+    ) -> Result<RedisBus, ClusterError> {
+        if !keys::valid_instance_id(instance_id) {
+            return Err(ClusterError::InstanceId(instance_id.to_owned()));
+        }
+        let mut config =
+            FredConfig::from_url(&cfg.url).map_err(|e| ClusterError::Url(e.to_string()))?;
+        // Keep retrying the first connection too: the instance serves local
+        // traffic (not ready) until Redis answers.
+        config.fail_fast = false;
+        let mut builder = Builder::from_config(config);
+        let min = tuning.reconnect_min.as_millis() as u32;
+        let max = tuning.reconnect_max.as_millis() as u32;
+        builder
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                min.max(1),
+                max.max(1),
+                2,
+            ))
+            .with_performance_config(|p| {
+                p.default_command_timeout = tuning.command_timeout;
+                p.broadcast_channel_capacity = tuning.subscriber_buffer;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = tuning.command_timeout;
+                c.internal_command_timeout = tuning.command_timeout;
+                // A command in flight when the connection drops fails
+                // instead of being replayed later, out of order with the
+                // resync; callers fall back (outbox, dirty flag).
+                c.max_command_attempts = 1;
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(tuning.command_timeout * 2),
+                    interval: Duration::from_secs(1),
+                };
+            });
+        let client = builder.build()?;
+        let sub = builder.build_subscriber_client()?;
+
+        let keys = Keys::new(&cfg.prefix, instance_id);
+        let shared = Arc::new(Shared {
+            own_prefix: wire::origin_prefix(instance_id),
+            keys,
+            outbox: Outbox::new(tuning.outbox_capacity),
+            tuning,
+            offline_cfg,
+            registry,
+            client,
+            sub,
+            scripts: Scripts::new(),
+            up: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+            wake: Notify::new(),
+            interest: Converger::new(),
+            presence: Converger::new(),
+            gate: Gate::default(),
+            epochs: Epochs::new(),
+            started: Instant::now(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+
+        // Event receivers exist before the first connect so none is missed.
+        let messages = shared.sub.message_rx();
+        let events = sync::Events {
+            client_reconnect: shared.client.reconnect_rx(),
+            sub_reconnect: shared.sub.reconnect_rx(),
+            client_error: shared.client.error_rx(),
+            sub_error: shared.sub.error_rx(),
+        };
+        let connections = vec![shared.client.connect(), shared.sub.connect()];
+        shared
+            .tasks
+            .spawn(subscriber::receive_loop(shared.clone(), messages));
+        shared.tasks.spawn(sync::supervise(shared.clone(), events));
+        shared.tasks.spawn(heartbeat::run(shared.clone()));
+        shared.tasks.spawn(reaper::run(shared.clone()));
+        Ok(RedisBus {
+            shared,
+            connections: Mutex::new(connections),
+        })
+    }
+
+    /// Waits until the first sync finished or `startup_wait` passed.
+    pub async fn wait_ready(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + self.shared.tuning.startup_wait;
+        while !self.shared.is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    pub async fn room_interest(&self, room: &Arc<str>, on: bool) -> Result<(), BusError> {
+        let _ = on;
+        self.shared.room_interest(room).await
+    }
+
+    pub async fn publish(&self, room: &Arc<str>, event: RoomEvent) -> Result<(), BusError> {
+        self.shared
+            .publish(room, &event, Fanout::LocalAndRemote)
+            .await;
+        Ok(())
+    }
+
+    pub async fn presence_join(&self, room: &Arc<str>, user: &Arc<str>) -> Result<u64, BusError> {
+        Ok(self.shared.presence_sync(room, user).await.count)
+    }
+
+    pub async fn presence_leave(&self, room: &Arc<str>, user: &Arc<str>) -> Result<u64, BusError> {
+        Ok(self.shared.presence_sync(room, user).await.count)
+    }
+
+    pub async fn presence(&self, room: &Arc<str>) -> Result<Vec<String>, BusError> {
+        Ok(self.shared.presence_list(room).await)
+    }
+
+    pub async fn send(&self, user: &Arc<str>, msg: DirectMessage) -> Result<SendOutcome, BusError> {
+        self.shared.send(user, msg).await
+    }
+
+    pub async fn attach(&self, conn: &Arc<ConnHandle>) -> Result<(), BusError> {
+        self.shared.attach(conn).await;
+        Ok(())
+    }
+
+    pub async fn detach(&self, conn: &Arc<ConnHandle>) -> Vec<(Arc<str>, LeaveChange)> {
+        self.shared.detach(conn).await
+    }
+
+    pub async fn offline_written(&self, user: &Arc<str>, upto: u64) {
+        self.shared.offline_written(user, upto).await;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.is_ready()
+    }
+
+    pub fn offline_depth(&self) -> usize {
+        self.shared.outbox.len()
+    }
+
+    /// Stops the background tasks, writes what the outbox holds, removes
+    /// this instance's registry entry, routes and presence (publishing
+    /// `left` where users vanish), and closes the connections.
+    pub async fn shutdown(&self) {
+        let s = &self.shared;
+        s.cancel.cancel();
+        s.wake.notify_waiters();
+        s.tasks.close();
+        s.tasks.wait().await;
+        if !s.up() && s.outbox.len() > 0 {
+            tracing::error!(
+                held = s.outbox.len(),
+                "redis unreachable at exit: held direct messages are lost"
+            );
+        }
+        if s.up() {
+            if let Err(e) = s.flush_outbox().await {
+                tracing::warn!(error = %e, held = s.outbox.len(), "outbox not written before exit");
+            }
+            match s.deregister().await {
+                Ok(()) => tracing::info!("left the cluster"),
+                Err(e) => tracing::warn!(error = %e, "cannot deregister; the reaper will clean up"),
+            }
+        }
+        let _ = s.sub.quit().await;
+        let _ = s.client.quit().await;
+        let tasks =
+            std::mem::take(&mut *self.connections.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+    }
+}
+
+/// Who gets a room event published by this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fanout {
+    LocalAndRemote,
+    /// Local members already saw the change (resync repairs).
+    RemoteOnly,
+}
+
+impl Shared {
+    fn up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.up()
+            && self.synced.load(Ordering::SeqCst)
+            && self.client.is_connected()
+            && self.sub.is_connected()
+    }
+
+    /// Asks the supervisor for a resync: something Redis should hold may
+    /// be missing.
+    fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn id(&self) -> &str {
+        self.keys.instance_id()
+    }
+
+    /// Delivers a room event to local members at once (unless they already
+    /// saw it), then publishes it to the other instances. Redis being
+    /// unreachable costs only the remote delivery: pub/sub is at-most-once.
+    async fn publish(&self, room: &Arc<str>, event: &RoomEvent, fanout: Fanout) {
+        if fanout == Fanout::LocalAndRemote {
+            crate::fanout::deliver_room(
+                &self.registry,
+                room,
+                &event.to_server_event(unscoped(room)),
+            );
+        }
+        if !self.up() {
+            metric::skipped("publish");
+            return;
+        }
+        let payload = match wire::encode_room(self.id(), event) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode room event");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .client
+            .publish::<i64, _, _>(self.keys.room_channel(room), payload)
+            .await
+        {
+            tracing::debug!(error = %e, "room event not published");
+            metric::error("publish");
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+mod metric {
+    //! Cluster-mode metric names (no room or user labels).
+    use metrics::{counter, gauge};
+
+    pub fn lagged(n: u64) {
+        counter!("roomcast_redis_lagged_total").increment(n);
+    }
+    pub fn error(op: &'static str) {
+        counter!("roomcast_redis_errors_total", "op" => op).increment(1);
+    }
+    pub fn skipped(op: &'static str) {
+        counter!("roomcast_redis_skipped_total", "op" => op).increment(1);
+    }
+    pub fn bad_message() {
+        counter!("roomcast_redis_bad_messages_total").increment(1);
+    }
+    pub fn ready(ready: bool) {
+        gauge!("roomcast_redis_ready").set(if ready { 1.0 } else { 0.0 });
+    }
+    pub fn resync() {
+        counter!("roomcast_redis_resyncs_total").increment(1);
+    }
+    pub fn outbox(len: usize) {
+        gauge!("roomcast_redis_outbox").set(len as f64);
+    }
+    pub fn outbox_rejected() {
+        counter!("roomcast_redis_outbox_rejected_total").increment(1);
+    }
+    pub fn reaped() {
+        counter!("roomcast_redis_reaped_instances_total").increment(1);
+    }
+}

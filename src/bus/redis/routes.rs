@@ -1,0 +1,431 @@
+//! User routes and direct messages.
+//!
+//! `P:routes:{user}` maps each instance holding a connection of the user to
+//! a route epoch. The send script publishes to exactly those instances'
+//! channels and queues when nobody received it; the attach script adds the
+//! route and reads the backlog. Both run atomically in Redis, so a message
+//! is either in the backlog a new connection reads or published after its
+//! route exists, whichever instance the user comes back on.
+//!
+//! Epochs make route removal safe against reordering: a removal only
+//! deletes a route whose epoch is not newer than its own, so a stale
+//! "last connection left" never deletes the route of a connection that
+//! attached after it.
+//!
+//! The gate orders delivery on this instance: while a backlog read for a
+//! user is in flight, live direct messages for the connections waiting on
+//! it are buffered and queued after the backlog, never before it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use fred::prelude::{Error as RedisError, SetsInterface, Value};
+
+use super::{Shared, metric, unavailable, wire};
+use crate::bus::memory::queue_backlog;
+use crate::bus::{BusError, DirectMessage, SendOutcome};
+use crate::conn::handle::{ConnHandle, ConnId};
+use crate::fanout::{self, Frames};
+use crate::metrics;
+use crate::offline::Queued;
+use crate::registry::{LeaveChange, Registry};
+
+/// Route epochs: increasing across restarts of an instance with a fixed id
+/// (they start at the start time in µs), below 2^53 so Lua compares them
+/// exactly.
+pub struct Epochs {
+    next: AtomicU64,
+    /// The epoch of this instance's route for each local user; the entry's
+    /// shard lock orders "claim a route" against "release the last one".
+    current: DashMap<Arc<str>, u64>,
+}
+
+impl Epochs {
+    pub fn new() -> Self {
+        Epochs {
+            next: AtomicU64::new(crate::node::now_ms().saturating_mul(1000)),
+            current: DashMap::new(),
+        }
+    }
+
+    /// The newest epoch handed out so far.
+    pub fn high_water(&self) -> u64 {
+        self.next.load(Ordering::SeqCst)
+    }
+
+    fn claim(&self, user: &Arc<str>) -> u64 {
+        let epoch = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        self.current.insert(user.clone(), epoch);
+        epoch
+    }
+
+    /// The user's route epoch when this instance no longer holds the user
+    /// (no registered connection and no attach in flight).
+    fn release_if_last(&self, user: &Arc<str>, registry: &Registry, gate: &Gate) -> Option<u64> {
+        match self.current.entry(user.clone()) {
+            Entry::Occupied(e) => {
+                if registry.user_conn_count(user) == 0 && !gate.has_pending(user) {
+                    Some(e.remove())
+                } else {
+                    None
+                }
+            }
+            Entry::Vacant(_) => None,
+        }
+    }
+
+    fn holds(&self, user: &str) -> bool {
+        self.current.contains_key(user)
+    }
+}
+
+/// A backlog read in flight for some connections of one user.
+struct Pending {
+    token: u64,
+    targets: Vec<Arc<ConnHandle>>,
+    /// The single target is a new connection, registered on completion.
+    register: bool,
+    /// Live messages that arrived meanwhile, in order.
+    buffered: Vec<DirectMessage>,
+}
+
+#[derive(Default)]
+pub struct Gate {
+    /// Per user, the backlog reads in flight. Lock order: this map's shard
+    /// lock, then the registry's (never the reverse).
+    pending: DashMap<Arc<str>, Vec<Pending>>,
+    next: AtomicU64,
+}
+
+impl Gate {
+    fn begin(&self, user: &Arc<str>, targets: Vec<Arc<ConnHandle>>, register: bool) -> u64 {
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        self.pending.entry(user.clone()).or_default().push(Pending {
+            token,
+            targets,
+            register,
+            buffered: Vec::new(),
+        });
+        token
+    }
+
+    pub fn has_pending(&self, user: &str) -> bool {
+        self.pending.contains_key(user)
+    }
+
+    /// Ends a backlog read: registers a new connection, then queues the
+    /// backlog and the buffered live messages to the targets, all under the
+    /// user's gate lock so no live delivery can slip in between.
+    fn finish(&self, registry: &Registry, user: &Arc<str>, token: u64, backlog: &[Queued]) {
+        let Entry::Occupied(mut e) = self.pending.entry(user.clone()) else {
+            return;
+        };
+        let Some(pos) = e.get().iter().position(|p| p.token == token) else {
+            return;
+        };
+        let done = e.get_mut().swap_remove(pos);
+        if done.register {
+            for conn in &done.targets {
+                registry.add_conn(conn);
+            }
+        }
+        for conn in &done.targets {
+            queue_backlog(conn, backlog.iter());
+        }
+        for msg in &done.buffered {
+            let event = msg.to_server_event(false);
+            let sent = Frames::new(&event).send_to(&done.targets);
+            metrics::delivered(sent);
+        }
+        if e.get().is_empty() {
+            e.remove();
+        }
+    }
+
+    /// Registers a connection without a backlog read (Redis unreachable).
+    /// Its live messages are delivered at once; the backlog follows with
+    /// the next resync.
+    fn register_now(&self, registry: &Registry, conn: &Arc<ConnHandle>) {
+        registry.add_conn(conn);
+    }
+
+    /// Delivers a direct message to this instance's connections of the
+    /// user; returns how many connections the user has here (0: none).
+    fn deliver_local(&self, registry: &Registry, user: &str, msg: &DirectMessage) -> usize {
+        let event = msg.to_server_event(false);
+        let Some(mut pending) = self.pending.get_mut(user) else {
+            return fanout::deliver_user(registry, user, &event);
+        };
+        let mut waiting: Vec<ConnId> = Vec::new();
+        for p in pending.iter_mut() {
+            p.buffered.push(msg.clone());
+            waiting.extend(p.targets.iter().map(|c| c.id));
+        }
+        let direct = registry
+            .with_user(user, |conns| {
+                let free = conns.iter().filter(|c| !waiting.contains(&c.id));
+                let sent = Frames::new(&event).send_to(free);
+                metrics::delivered(sent);
+                conns.iter().filter(|c| !waiting.contains(&c.id)).count()
+            })
+            .unwrap_or(0);
+        direct + waiting.len()
+    }
+}
+
+/// What the send script did.
+struct Sent {
+    receivers: i64,
+    queued: bool,
+    dropped: i64,
+}
+
+impl Shared {
+    pub(super) async fn attach(&self, conn: &Arc<ConnHandle>) {
+        if !self.up() {
+            self.gate.register_now(&self.registry, conn);
+            metric::skipped("attach");
+            self.mark_dirty();
+            return;
+        }
+        let user = &conn.user;
+        let token = self.gate.begin(user, vec![conn.clone()], true);
+        let epoch = self.epochs.claim(user);
+        let backlog = match self.run_attach(user, epoch).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register route; will retry");
+                metric::error("attach");
+                self.mark_dirty();
+                Vec::new()
+            }
+        };
+        self.gate.finish(&self.registry, user, token, &backlog);
+    }
+
+    pub(super) async fn detach(&self, conn: &Arc<ConnHandle>) -> Vec<(Arc<str>, LeaveChange)> {
+        let rooms = self.registry.remove_conn(conn);
+        self.drop_route_if_last(&conn.user).await;
+        rooms
+    }
+
+    async fn drop_route_if_last(&self, user: &Arc<str>) {
+        let Some(epoch) = self
+            .epochs
+            .release_if_last(user, &self.registry, &self.gate)
+        else {
+            return;
+        };
+        if !self.up() {
+            metric::skipped("route_drop");
+            self.mark_dirty();
+            return;
+        }
+        if let Err(e) = self.run_route_drop(user, epoch).await {
+            tracing::warn!(error = %e, "cannot remove route; will retry");
+            metric::error("route_drop");
+            self.mark_dirty();
+        }
+    }
+
+    pub(super) async fn send(
+        &self,
+        user: &Arc<str>,
+        msg: DirectMessage,
+    ) -> Result<SendOutcome, BusError> {
+        let local = self.gate.deliver_local(&self.registry, user, &msg) > 0;
+        let msg = match self.outbox.hold_if_needed(&self.up, user, msg, local) {
+            Ok(outcome) => return outcome,
+            Err(msg) => msg,
+        };
+        match self.run_send(user, &msg, local).await {
+            Ok(sent) => Ok(self.outcome(local, &sent)),
+            Err(e) => {
+                tracing::warn!(error = %e, "direct message not routed; holding it");
+                metric::error("send");
+                self.mark_dirty();
+                self.outbox.hold(user, msg, local)
+            }
+        }
+    }
+
+    fn outcome(&self, local: bool, sent: &Sent) -> SendOutcome {
+        if sent.queued {
+            metrics::offline_queued();
+        }
+        for _ in 0..sent.dropped {
+            metrics::offline_dropped("cap");
+        }
+        if local || sent.receivers > 0 {
+            SendOutcome::Delivered
+        } else {
+            SendOutcome::Queued
+        }
+    }
+
+    /// A direct message published to this instance's channel.
+    pub(super) fn deliver_remote_direct(self: &Arc<Self>, user: Arc<str>, msg: DirectMessage) {
+        if self.gate.deliver_local(&self.registry, &user, &msg) > 0 {
+            return;
+        }
+        // The user's last connection here left after the sender read the
+        // route: route it again, without this instance, or queue it.
+        let shared = self.clone();
+        self.tasks.spawn(async move {
+            match shared.run_send(&user, &msg, false).await {
+                Ok(sent) => {
+                    shared.outcome(false, &sent);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot requeue a direct message; holding it");
+                    shared.mark_dirty();
+                    if shared.outbox.hold(&user, msg, false).is_err() {
+                        tracing::error!("outbox full: a direct message was lost");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Re-asserts the routes of every local user, delivering each one's
+    /// backlog, and removes routes Redis holds for users no longer here.
+    pub(super) async fn reassert_routes(&self) -> Result<(), RedisError> {
+        let high_water = self.epochs.high_water();
+        let mut by_user: HashMap<Arc<str>, Vec<Arc<ConnHandle>>> = HashMap::new();
+        for conn in self.registry.all_conns() {
+            by_user.entry(conn.user.clone()).or_default().push(conn);
+        }
+        let mut result = Ok(());
+        let jobs = by_user.into_iter().map(|(user, conns)| async move {
+            let token = self.gate.begin(&user, conns, false);
+            let epoch = self.epochs.claim(&user);
+            let r = self.run_attach(&user, epoch).await;
+            let backlog = r.as_deref().unwrap_or_default();
+            self.gate.finish(&self.registry, &user, token, backlog);
+            // The user may have left while the script ran.
+            self.drop_route_if_last(&user).await;
+            r.map(|_| ())
+        });
+        for r in super::sync::bounded(jobs, 64).await {
+            if r.is_err() {
+                result = r;
+            }
+        }
+        result?;
+        let remote: Vec<String> = self
+            .client
+            .smembers(self.keys.instance_users(self.id()))
+            .await?;
+        for user in remote {
+            if self.epochs.holds(&user) || self.registry.user_conn_count(&user) > 0 {
+                continue;
+            }
+            let user: Arc<str> = user.into();
+            self.run_route_drop(&user, high_water).await?;
+        }
+        Ok(())
+    }
+
+    async fn run_attach(&self, user: &Arc<str>, epoch: u64) -> Result<Vec<Queued>, RedisError> {
+        let k = &self.keys;
+        let out: Vec<Value> = self
+            .scripts
+            .attach
+            .run(
+                &self.client,
+                vec![k.routes(user), k.instance_users(self.id()), k.offline(user)],
+                vec![
+                    self.id().to_owned(),
+                    epoch.to_string(),
+                    user.to_string(),
+                    self.offline_cfg.ttl.as_millis().to_string(),
+                ],
+            )
+            .await?;
+        let mut it = out.into_iter();
+        let expired = it.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        for _ in 0..expired {
+            metrics::offline_dropped("ttl");
+        }
+        Ok(it
+            .filter_map(|v| {
+                let parsed = v.as_bytes().and_then(wire::decode_offline);
+                if parsed.is_none() {
+                    metric::bad_message();
+                }
+                parsed
+            })
+            .collect())
+    }
+
+    async fn run_route_drop(&self, user: &Arc<str>, epoch: u64) -> Result<(), RedisError> {
+        let k = &self.keys;
+        let _: i64 = self
+            .scripts
+            .route_drop
+            .run(
+                &self.client,
+                vec![k.routes(user), k.instance_users(self.id())],
+                vec![self.id().to_owned(), epoch.to_string(), user.to_string()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes to every other instance holding the user, or queues.
+    async fn run_send(
+        &self,
+        user: &Arc<str>,
+        msg: &DirectMessage,
+        local: bool,
+    ) -> Result<Sent, RedisError> {
+        let k = &self.keys;
+        let payload = wire::encode_direct(self.id(), user, msg)
+            .map_err(|e| RedisError::new(fred::prelude::ErrorKind::Parse, e.to_string()))?;
+        let body = serde_json::to_string(msg)
+            .map_err(|e| RedisError::new(fred::prelude::ErrorKind::Parse, e.to_string()))?;
+        let ttl = self.offline_cfg.ttl.as_millis() as u64;
+        let out: Vec<i64> = self
+            .scripts
+            .send
+            .run(
+                &self.client,
+                vec![k.routes(user), k.offline(user), k.offline_seq(user)],
+                vec![
+                    self.id().to_owned(),
+                    if local { "1" } else { "0" }.to_owned(),
+                    k.instance_channel_prefix(),
+                    payload,
+                    body,
+                    self.offline_cfg.max_per_user.to_string(),
+                    ttl.max(1).to_string(),
+                    (ttl.saturating_mul(2) + 3_600_000).to_string(),
+                ],
+            )
+            .await?;
+        Ok(Sent {
+            receivers: out.first().copied().unwrap_or(0),
+            queued: out.get(1).copied().unwrap_or(0) == 1,
+            dropped: out.get(2).copied().unwrap_or(0),
+        })
+    }
+
+    /// Sends one held message (outbox flush).
+    pub(super) async fn send_held(
+        &self,
+        user: &Arc<str>,
+        msg: &DirectMessage,
+        local: bool,
+    ) -> Result<(), RedisError> {
+        let sent = self.run_send(user, msg, local).await?;
+        self.outcome(local, &sent);
+        Ok(())
+    }
+}
+
+pub(super) fn unavailable_full() -> BusError {
+    unavailable("cluster bus unreachable and the outbox is full; retry later")
+}

@@ -1,0 +1,217 @@
+//! The cluster message formats: what travels on Redis channels and what an
+//! offline queue entry looks like. All JSON, so other services can publish
+//! into rooms with a plain `PUBLISH` (see ARCHITECTURE.md).
+//!
+//! - Room channel `P:room:<room>`:
+//!   `{"origin":"<instance>","type":"message","from":"bob","data":..,"ts":..,"mid":".."}`,
+//!   `{"origin":..,"type":"joined","user":"bob","count":3}`, and `left` alike.
+//!   `origin` comes first so an instance skips its own messages with a
+//!   prefix test instead of a parse.
+//! - Instance channel `P:instance:<id>`:
+//!   `{"origin":..,"type":"direct","user":"<tenant>/<user>","msg":{"from":..,"data":..,"ts":..,"mid":..}}`.
+//! - Global channel `P:global`: `{"origin":..,"type":"instance_gone","instance":".."}`.
+//! - Offline queue entry: `<seq>|<ts_ms>|<msg json>`; Lua reads the two
+//!   numbers without decoding the JSON.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::bus::{DirectMessage, RoomEvent, RoomMessage};
+use crate::node::now_ms;
+use crate::offline::Queued;
+
+#[derive(Serialize)]
+struct RoomOut<'a> {
+    origin: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RoomIn {
+    #[serde(rename = "type")]
+    kind: String,
+    from: Option<String>,
+    #[serde(default)]
+    data: Value,
+    ts: Option<u64>,
+    mid: Option<String>,
+    user: Option<String>,
+    count: Option<u64>,
+}
+
+/// The prefix every room message published by `origin` starts with.
+pub fn origin_prefix(origin: &str) -> String {
+    format!("{{\"origin\":\"{origin}\",")
+}
+
+pub fn encode_room(origin: &str, event: &RoomEvent) -> Result<String, serde_json::Error> {
+    let out = match event {
+        RoomEvent::Message(m) => RoomOut {
+            origin,
+            kind: "message",
+            from: Some(&m.from),
+            data: Some(&m.data),
+            ts: Some(m.ts),
+            mid: Some(&m.mid),
+            user: None,
+            count: None,
+        },
+        RoomEvent::Joined { user, count } | RoomEvent::Left { user, count } => RoomOut {
+            origin,
+            kind: if matches!(event, RoomEvent::Joined { .. }) {
+                "joined"
+            } else {
+                "left"
+            },
+            from: None,
+            data: None,
+            ts: None,
+            mid: None,
+            user: Some(user),
+            count: Some(*count),
+        },
+    };
+    serde_json::to_string(&out)
+}
+
+/// Decodes a room channel payload. Fields other services may leave out
+/// (`ts`, `mid`) are filled in.
+pub fn decode_room(payload: &[u8]) -> Result<RoomEvent, String> {
+    let r: RoomIn = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    match r.kind.as_str() {
+        "message" => Ok(RoomEvent::Message(RoomMessage {
+            from: r.from.ok_or("message without from")?,
+            data: r.data,
+            ts: r.ts.unwrap_or_else(now_ms),
+            mid: r
+                .mid
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+        })),
+        "joined" => Ok(RoomEvent::Joined {
+            user: r.user.ok_or("joined without user")?,
+            count: r.count.unwrap_or(0),
+        }),
+        "left" => Ok(RoomEvent::Left {
+            user: r.user.ok_or("left without user")?,
+            count: r.count.unwrap_or(0),
+        }),
+        other => Err(format!("unknown room event type {other:?}")),
+    }
+}
+
+#[derive(Serialize)]
+struct DirectOut<'a> {
+    origin: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    user: &'a str,
+    msg: &'a DirectMessage,
+}
+
+/// A message on an instance channel.
+#[derive(Debug, Deserialize)]
+pub struct InstanceIn {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub user: Option<String>,
+    pub msg: Option<DirectMessage>,
+}
+
+pub fn encode_direct(
+    origin: &str,
+    user: &str,
+    msg: &DirectMessage,
+) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&DirectOut {
+        origin,
+        kind: "direct",
+        user,
+        msg,
+    })
+}
+
+pub fn encode_gone(origin: &str, instance: &str) -> String {
+    serde_json::json!({"origin": origin, "type": "instance_gone", "instance": instance}).to_string()
+}
+
+/// Parses one offline queue entry (`seq|ts|json`).
+pub fn decode_offline(entry: &[u8]) -> Option<Queued> {
+    let text = std::str::from_utf8(entry).ok()?;
+    let mut parts = text.splitn(3, '|');
+    let seq = parts.next()?.parse().ok()?;
+    let _ts: u64 = parts.next()?.parse().ok()?;
+    let msg = serde_json::from_str(parts.next()?).ok()?;
+    Some(Queued {
+        seq,
+        at: Instant::now(),
+        msg,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn room_messages_round_trip_and_start_with_the_origin() {
+        let ev = RoomEvent::Message(RoomMessage {
+            from: "bob".into(),
+            data: json!({"hp": 3}),
+            ts: 5,
+            mid: "m-1".into(),
+        });
+        let s = encode_room("i-1", &ev).expect("encode");
+        assert!(s.starts_with(&origin_prefix("i-1")));
+        assert_eq!(decode_room(s.as_bytes()).expect("decode"), ev);
+        let left = RoomEvent::Left {
+            user: "bob".into(),
+            count: 2,
+        };
+        let s = encode_room("i-1", &left).expect("encode");
+        assert_eq!(decode_room(s.as_bytes()).expect("decode"), left);
+    }
+
+    #[test]
+    fn external_publishers_may_omit_ids() {
+        let ev = decode_room(br#"{"type":"message","from":"backend","data":1}"#).expect("decode");
+        match ev {
+            RoomEvent::Message(m) => {
+                assert_eq!(m.from, "backend");
+                assert!(!m.mid.is_empty() && m.ts > 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(decode_room(br#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn offline_entries_parse() {
+        let msg = DirectMessage {
+            from: "a".into(),
+            data: json!("x|y"),
+            ts: 1,
+            mid: "m".into(),
+        };
+        let entry = format!("17|99|{}", serde_json::to_string(&msg).expect("json"));
+        let q = decode_offline(entry.as_bytes()).expect("parse");
+        assert_eq!(q.seq, 17);
+        assert_eq!(q.msg, msg);
+        assert!(decode_offline(b"x|1|{}").is_none());
+    }
+}

@@ -1,0 +1,173 @@
+//! Authentication and origin checks happen before the upgrade: a refused
+//! client gets a plain HTTP status, never a half-open socket.
+
+mod common;
+
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use roomcast::protocol::message::ClientFrame;
+use roomcast::protocol::{Codec, ErrorCode, ServerEvent};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+fn key_path(name: &str) -> String {
+    format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn signed(alg: Algorithm, key: EncodingKey, sub: &str) -> String {
+    let claims = json!({"sub": sub, "exp": now_s() + 600});
+    jsonwebtoken::encode(&Header::new(alg), &claims, &key).expect("sign")
+}
+
+#[tokio::test]
+async fn bad_expired_or_missing_tokens_get_401() {
+    let server = Server::start(&[]).await;
+    let status =
+        |url: String| async move { upgrade_status(url.into_client_request().expect("req")).await };
+    assert_eq!(status(server.url("")).await, Some(401));
+    assert_eq!(status(server.url("?token=not.a.jwt")).await, Some(401));
+    let wrong_key = jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"sub": "eve", "exp": now_s() + 600}),
+        &EncodingKey::from_secret(b"some other secret"),
+    )
+    .expect("sign");
+    assert_eq!(
+        status(server.url(&format!("?token={wrong_key}"))).await,
+        Some(401)
+    );
+    let expired = token_with(json!({"sub": "old", "exp": now_s() - 3600}));
+    assert_eq!(
+        status(server.url(&format!("?token={expired}"))).await,
+        Some(401)
+    );
+    let no_sub = token_with(json!({"name": "nobody"}));
+    assert_eq!(
+        status(server.url(&format!("?token={no_sub}"))).await,
+        Some(401)
+    );
+    // The same server accepts a good token in the header as well as the query.
+    let mut req = server.url("").into_client_request().expect("req");
+    req.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {}", token("alice"))).expect("header"),
+    );
+    let c = Client::connect_request(req, Codec::Json)
+        .await
+        .expect("bearer");
+    assert!(matches!(c.welcome, Some(ServerEvent::Welcome { ref user, .. }) if user == "alice"));
+    // A refused token is counted, never logged or labelled.
+    let (_, text) = http_get(&server.http("/metrics")).await;
+    assert!(
+        metric(&text, "roomcast_upgrades_rejected_total") >= 5.0,
+        "{text}"
+    );
+    assert!(!text.contains(&wrong_key));
+}
+
+#[tokio::test]
+async fn rs256_and_eddsa_public_keys() {
+    for (alg, private, public) in [
+        (Algorithm::RS256, "rsa_private.pem", "rsa_public.pem"),
+        (
+            Algorithm::EdDSA,
+            "ed25519_private.pem",
+            "ed25519_public.pem",
+        ),
+    ] {
+        let public = key_path(public);
+        let server = Server::start(&["--jwt-public-key", &public]).await;
+        let pem = std::fs::read(key_path(private)).expect("key");
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            _ => EncodingKey::from_ed_pem(&pem),
+        }
+        .expect("private key");
+        let tok = signed(alg, key, "keyed");
+        let c = Client::connect(&server.url(&format!("?token={tok}")), Codec::Json)
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        assert!(
+            matches!(c.welcome, Some(ServerEvent::Welcome { ref user, .. }) if user == "keyed")
+        );
+        // HS256 tokens still work beside the public key.
+        server.connect("hs").await;
+    }
+}
+
+#[tokio::test]
+async fn anonymous_only_with_the_dev_flag() {
+    let server = Server::start(&["--allow-anonymous"]).await;
+    let c = Client::connect(&server.url(""), Codec::Json)
+        .await
+        .expect("anon");
+    match c.welcome {
+        Some(ServerEvent::Welcome { ref user, .. }) => assert!(user.starts_with("anon-"), "{user}"),
+        ref other => panic!("{other:?}"),
+    }
+    // A token that is present must still be valid.
+    let req = server
+        .url("?token=garbage")
+        .into_client_request()
+        .expect("req");
+    assert_eq!(upgrade_status(req).await, Some(401));
+}
+
+#[tokio::test]
+async fn room_patterns_in_the_token_limit_joins() {
+    let server = Server::start(&[]).await;
+    let tok = token_with(json!({"sub": "player", "rooms": ["encounter:42", "campaign:7:*"]}));
+    let mut c = Client::connect(&server.url(&format!("?token={tok}")), Codec::Json)
+        .await
+        .expect("connect");
+    c.join("encounter:42").await;
+    c.join("campaign:7:map").await;
+    for room in ["encounter:43", "campaign:8:map", "lobby"] {
+        let ev = c.request(ClientFrame::new("join").room(room)).await;
+        assert!(
+            matches!(
+                ev,
+                ServerEvent::Error {
+                    code: ErrorCode::Forbidden,
+                    ..
+                }
+            ),
+            "{room}: {ev:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn origin_allow_list() {
+    let server = Server::start(&[
+        "--allowed-origins",
+        "https://game.example,https://tracker.example",
+    ])
+    .await;
+    let with_origin = |origin: Option<&'static str>| {
+        let mut req = server
+            .url(&format!("?token={}", token("u")))
+            .into_client_request()
+            .expect("req");
+        if let Some(o) = origin {
+            req.headers_mut()
+                .insert("Origin", HeaderValue::from_static(o));
+        }
+        req
+    };
+    assert_eq!(
+        upgrade_status(with_origin(Some("https://evil.example"))).await,
+        Some(403)
+    );
+    assert_eq!(
+        upgrade_status(with_origin(Some("https://game.example"))).await,
+        None
+    );
+    assert_eq!(
+        upgrade_status(with_origin(Some("https://tracker.example"))).await,
+        None
+    );
+    // Non-browser clients send no Origin.
+    assert_eq!(upgrade_status(with_origin(None)).await, None);
+}
