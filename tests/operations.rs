@@ -1,0 +1,109 @@
+//! Operations: health, readiness, metrics, config file, graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use roomcast::protocol::ServerEvent;
+use serde_json::json;
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let server = Server::start(&[]).await;
+    assert_eq!(http_get(&server.http("/health")).await.0, 200);
+    assert_eq!(http_get(&server.http("/ready")).await.0, 200);
+    let mut a = server.connect("alice").await;
+    a.join("room").await;
+    a.publish("room", json!(1)).await;
+    let (status, text) = http_get(&server.http("/metrics")).await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(&text, "roomcast_connections"), 1.0, "{text}");
+    assert!(metric(&text, "roomcast_deliveries_total") >= 2.0, "{text}");
+    assert!(metric(&text, "roomcast_encodes_total") >= 1.0, "{text}");
+    // No label carries a room or a user.
+    assert!(
+        !text.contains("alice") && !text.contains("\"room\""),
+        "{text}"
+    );
+    // A plain GET on /ws is not an upgrade.
+    assert_eq!(http_get(&server.http("/ws")).await.0, 400);
+}
+
+#[tokio::test]
+async fn config_file_with_env_and_flag_precedence() {
+    let dir = std::env::temp_dir().join(format!("roomcast-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("roomcast.env");
+    std::fs::write(
+        &file,
+        "# test config\nROOMCAST_MAX_ROOMS_PER_CONN=3\nROOMCAST_BURST=7\nROOMCAST_RATE_PER_S=9\n",
+    )
+    .expect("write");
+    let path = file.to_string_lossy().to_string();
+    // File sets rooms=3, burst=7, rate=9; the environment overrides burst,
+    // the flag overrides rate.
+    let server = Server::start_env(
+        &["--config", &path, "--rate-per-s", "11"],
+        &[("ROOMCAST_BURST", "8")],
+    )
+    .await;
+    let c = server.connect("u").await;
+    match c.welcome {
+        Some(ServerEvent::Welcome { ref limits, .. }) => {
+            assert_eq!(limits.max_rooms, 3);
+            assert_eq!(limits.burst, 8);
+            assert_eq!(limits.rate_per_s, 11);
+        }
+        ref other => panic!("{other:?}"),
+    }
+    std::fs::write(&file, "ROOMCAST_NO_SUCH_THING=1\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["serve", "--config", &path, "--listen", "127.0.0.1:0"])
+        .env("ROOMCAST_JWT_SECRET", SECRET)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown setting ROOMCAST_NO_SUCH_THING")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn refuses_to_start_without_any_auth() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("ROOMCAST_JWT_SECRET")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no way to authenticate"));
+}
+
+#[tokio::test]
+async fn sigterm_drains_clients_with_a_reconnect_hint_and_1001() {
+    let mut server = Server::start(&["--drain-s", "1", "--shutdown-deadline-s", "5"]).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let mut c = server.connect(&format!("u{i}")).await;
+        c.join("room").await;
+        clients.push(c);
+    }
+    let started = std::time::Instant::now();
+    server.signal("TERM");
+    for c in &mut clients {
+        let hint = c
+            .recv_matching(|e| matches!(e, ServerEvent::Reconnect { .. }))
+            .await;
+        assert!(matches!(hint, ServerEvent::Reconnect { after_ms, .. } if after_ms > 0));
+        let frame = c.closed().await.expect("close frame");
+        assert_eq!(u16::from(frame.code), 1001);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("exited before the deadline")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
