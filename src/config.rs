@@ -120,6 +120,45 @@ pub struct ServeArgs {
     /// Seconds after SIGTERM/SIGINT by which the process exits whatever happens.
     #[arg(long, env = "ROOMCAST_SHUTDOWN_DEADLINE_S", default_value_t = 15)]
     pub shutdown_deadline_s: u64,
+    /// Cluster: how often the heartbeat key and registry score are refreshed.
+    #[arg(long, env = "ROOMCAST_REDIS_HEARTBEAT_MS", default_value_t = 5_000)]
+    pub redis_heartbeat_ms: u64,
+    /// Cluster: heartbeat TTL; an instance silent this long is reaped.
+    #[arg(
+        long,
+        env = "ROOMCAST_REDIS_HEARTBEAT_TTL_MS",
+        default_value_t = 15_000
+    )]
+    pub redis_heartbeat_ttl_ms: u64,
+    /// Cluster: how often each instance looks for dead instances.
+    #[arg(long, env = "ROOMCAST_REDIS_REAPER_MS", default_value_t = 2_000)]
+    pub redis_reaper_ms: u64,
+    /// Cluster: timeout of every Redis command.
+    #[arg(
+        long,
+        env = "ROOMCAST_REDIS_COMMAND_TIMEOUT_MS",
+        default_value_t = 3_000
+    )]
+    pub redis_command_timeout_ms: u64,
+    /// Cluster: direct messages held in memory while Redis is down (beyond: `unavailable`).
+    #[arg(long, env = "ROOMCAST_REDIS_OUTBOX_MAX", default_value_t = 10_000)]
+    pub redis_outbox_max: usize,
+    /// Cluster: pub/sub messages buffered between the Redis reader and the receive loop.
+    #[arg(
+        long,
+        env = "ROOMCAST_REDIS_SUBSCRIBER_BUFFER",
+        default_value_t = 65_536
+    )]
+    pub redis_subscriber_buffer: usize,
+    /// Cluster: first reconnect delay (doubling, retried forever).
+    #[arg(long, env = "ROOMCAST_REDIS_RECONNECT_MIN_MS", default_value_t = 100)]
+    pub redis_reconnect_min_ms: u64,
+    /// Cluster: longest reconnect delay.
+    #[arg(long, env = "ROOMCAST_REDIS_RECONNECT_MAX_MS", default_value_t = 5_000)]
+    pub redis_reconnect_max_ms: u64,
+    /// Cluster: how long start-up waits for Redis before listening not-ready.
+    #[arg(long, env = "ROOMCAST_REDIS_STARTUP_WAIT_MS", default_value_t = 10_000)]
+    pub redis_startup_wait_ms: u64,
     /// Bytes of the per-connection WebSocket read buffer.
     #[arg(long, env = "ROOMCAST_READ_BUFFER_BYTES", default_value_t = 4096)]
     pub read_buffer_bytes: usize,
@@ -271,6 +310,15 @@ pub struct ShutdownConfig {
 pub struct RedisConfig {
     pub url: String,
     pub prefix: String,
+    pub heartbeat: Duration,
+    pub heartbeat_ttl: Duration,
+    pub reaper: Duration,
+    pub command_timeout: Duration,
+    pub outbox_max: usize,
+    pub subscriber_buffer: usize,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub startup_wait: Duration,
 }
 
 impl LimitsConfig {
@@ -315,9 +363,30 @@ impl TryFrom<ServeArgs> for Config {
         let instance_id = a
             .instance_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        if instance_id.is_empty() || instance_id.len() > 64 {
+        let id_ok = !instance_id.is_empty()
+            && instance_id.len() <= 64
+            && instance_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !id_ok {
+            // Instance ids are part of Redis key and channel names.
             return Err(ConfigError::Invalid(
-                "instance-id must be 1 to 64 bytes".into(),
+                "instance-id must be 1 to 64 bytes of A-Z a-z 0-9 . _ -".into(),
+            ));
+        }
+        if a.redis_heartbeat_ttl_ms <= a.redis_heartbeat_ms {
+            return Err(ConfigError::Invalid(
+                "redis-heartbeat-ttl-ms must be greater than redis-heartbeat-ms".into(),
+            ));
+        }
+        positive("redis-heartbeat-ms", a.redis_heartbeat_ms)?;
+        positive("redis-reaper-ms", a.redis_reaper_ms)?;
+        positive("redis-command-timeout-ms", a.redis_command_timeout_ms)?;
+        positive("redis-subscriber-buffer", a.redis_subscriber_buffer as u64)?;
+        positive("redis-reconnect-min-ms", a.redis_reconnect_min_ms)?;
+        if a.redis_reconnect_max_ms < a.redis_reconnect_min_ms {
+            return Err(ConfigError::Invalid(
+                "redis-reconnect-max-ms must be at least redis-reconnect-min-ms".into(),
             ));
         }
         Ok(Config {
@@ -359,6 +428,15 @@ impl TryFrom<ServeArgs> for Config {
             redis: a.redis.filter(|u| !u.is_empty()).map(|url| RedisConfig {
                 url,
                 prefix: a.redis_prefix,
+                heartbeat: Duration::from_millis(a.redis_heartbeat_ms),
+                heartbeat_ttl: Duration::from_millis(a.redis_heartbeat_ttl_ms),
+                reaper: Duration::from_millis(a.redis_reaper_ms),
+                command_timeout: Duration::from_millis(a.redis_command_timeout_ms),
+                outbox_max: a.redis_outbox_max,
+                subscriber_buffer: a.redis_subscriber_buffer,
+                reconnect_min: Duration::from_millis(a.redis_reconnect_min_ms),
+                reconnect_max: Duration::from_millis(a.redis_reconnect_max_ms),
+                startup_wait: Duration::from_millis(a.redis_startup_wait_ms),
             }),
         })
     }

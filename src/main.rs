@@ -56,7 +56,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 redis,
                 &config.instance_id,
                 config.offline.clone(),
-                RedisTuning::default(),
+                RedisTuning::from(redis),
                 registry.clone(),
             )?;
             // Listen ready if Redis answers soon; otherwise serve local

@@ -173,11 +173,14 @@ impl Node {
         }
         metrics::gauge!("roomcast_rooms").set(self.registry.room_count() as f64);
         if change.first_of_user {
-            let count = self.bus.presence_join(room, &conn.user).await?;
-            let user = unscoped(&conn.user).to_owned();
-            self.bus
-                .publish(room, RoomEvent::Joined { user, count })
-                .await?;
+            let presence = self.bus.presence_join(room, &conn.user).await?;
+            if presence.changed {
+                let user = unscoped(&conn.user).to_owned();
+                let count = presence.count;
+                self.bus
+                    .publish(room, RoomEvent::Joined { user, count })
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -200,14 +203,16 @@ impl Node {
         let mut result = Ok(());
         if last_of_user {
             match self.bus.presence_leave(room, user).await {
-                Ok(count) => {
+                Ok(presence) if presence.changed => {
                     let user = unscoped(user).to_owned();
+                    let count = presence.count;
                     result = self
                         .bus
                         .publish(room, RoomEvent::Left { user, count })
                         .await
                         .map_err(OpError::from);
                 }
+                Ok(_) => {}
                 Err(e) => result = Err(e.into()),
             }
         }

@@ -14,8 +14,18 @@ use roomcast::protocol::{Codec, ServerEvent};
 use serde_json::{Value, json};
 
 const PREFIX: &str = "rc";
-/// Heartbeat TTL (15 s) plus one heartbeat interval (5 s).
-const REAP_BOUND: Duration = Duration::from_secs(20);
+/// Short cluster timings for the reaper test: heartbeat every 500 ms, dead
+/// after 1.5 s, reaper every 300 ms.
+const FAST_HEARTBEAT: [&str; 6] = [
+    "--redis-heartbeat-ms",
+    "500",
+    "--redis-heartbeat-ttl-ms",
+    "1500",
+    "--redis-reaper-ms",
+    "300",
+];
+/// Heartbeat TTL plus one heartbeat interval, with those timings.
+const REAP_BOUND: Duration = Duration::from_millis(2000);
 
 async fn instance(redis: &Redis, id: &str, extra: &[&str]) -> Server {
     let url = redis.url();
@@ -282,7 +292,13 @@ async fn member_counts_and_presence_are_cluster_wide() {
     let mut alice2 = b.connect("alice").await;
     alice2.join("lobby").await;
     assert_eq!(presence_of(&mut carol, "lobby").await.len(), 3);
+    // ... and members hear nothing: alice was already present.
     drop(alice2);
+    carol
+        .expect_none(Duration::from_millis(500), |e| {
+            matches!(e, ServerEvent::Joined { user, .. } | ServerEvent::Left { user, .. } if user == "alice")
+        })
+        .await;
 
     bob.request(ClientFrame::new("leave").room("lobby")).await;
     let left = alice
@@ -341,8 +357,8 @@ async fn instances_subscribe_only_to_rooms_with_local_members() {
 #[tokio::test]
 async fn a_killed_instance_is_reaped_by_a_survivor() {
     let redis = Redis::start().await;
-    let a = instance(&redis, "a", &[]).await;
-    let b = instance(&redis, "b", &[]).await;
+    let a = instance(&redis, "a", &FAST_HEARTBEAT).await;
+    let b = instance(&redis, "b", &FAST_HEARTBEAT).await;
     let mut alice = a.connect("alice").await;
     let mut bob = b.connect("bob").await;
     alice.join("encounter:1").await;
@@ -362,7 +378,7 @@ async fn a_killed_instance_is_reaped_by_a_survivor() {
         matches!(&left, ServerEvent::Left { user, count: 1, .. } if user == "bob"),
         "{left:?}"
     );
-    assert!(killed.elapsed() <= REAP_BOUND + Duration::from_secs(2));
+    assert!(killed.elapsed() <= REAP_BOUND + Duration::from_millis(800));
     assert_eq!(presence_of(&mut alice, "encounter:1").await, vec!["alice"]);
     eventually("b deregistered", Duration::from_secs(5), || {
         redis

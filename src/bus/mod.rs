@@ -82,6 +82,17 @@ impl DirectMessage {
     }
 }
 
+/// The result of a presence update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// The room's distinct users, cluster-wide, afterwards.
+    pub count: u64,
+    /// The user appeared in (or vanished from) the room cluster-wide, so
+    /// members must hear `joined` (or `left`). False when the user is still
+    /// present through another instance.
+    pub changed: bool,
+}
+
 /// Where a direct message went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendOutcome {
@@ -120,25 +131,37 @@ impl Bus {
         }
     }
 
-    /// Records that a user's first local connection joined a room; returns
-    /// the room's distinct user count cluster-wide afterwards.
-    pub async fn presence_join(&self, room: &Arc<str>, user: &Arc<str>) -> Result<u64, BusError> {
+    /// Records that a user's first local connection joined a room.
+    pub async fn presence_join(
+        &self,
+        room: &Arc<str>,
+        user: &Arc<str>,
+    ) -> Result<PresenceChange, BusError> {
         match self {
             Bus::Memory(b) => {
                 let _ = user;
-                Ok(b.presence_count(room))
+                Ok(PresenceChange {
+                    count: b.presence_count(room),
+                    changed: true,
+                })
             }
             Bus::Redis(b) => b.presence_join(room, user).await,
         }
     }
 
-    /// Records that a user's last local connection left a room; returns the
-    /// count afterwards.
-    pub async fn presence_leave(&self, room: &Arc<str>, user: &Arc<str>) -> Result<u64, BusError> {
+    /// Records that a user's last local connection left a room.
+    pub async fn presence_leave(
+        &self,
+        room: &Arc<str>,
+        user: &Arc<str>,
+    ) -> Result<PresenceChange, BusError> {
         match self {
             Bus::Memory(b) => {
                 let _ = user;
-                Ok(b.presence_count(room))
+                Ok(PresenceChange {
+                    count: b.presence_count(room),
+                    changed: true,
+                })
             }
             Bus::Redis(b) => b.presence_leave(room, user).await,
         }

@@ -51,7 +51,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BusError, DirectMessage, RoomEvent, SendOutcome};
+use super::{BusError, DirectMessage, PresenceChange, RoomEvent, SendOutcome};
 use crate::config::{OfflineConfig, RedisConfig};
 use crate::conn::handle::ConnHandle;
 use crate::registry::{LeaveChange, Registry, unscoped};
@@ -87,6 +87,23 @@ pub struct RedisTuning {
     /// How long `serve` waits for the first sync before listening anyway
     /// (not ready).
     pub startup_wait: Duration,
+}
+
+impl From<&RedisConfig> for RedisTuning {
+    fn from(c: &RedisConfig) -> Self {
+        RedisTuning {
+            heartbeat_interval: c.heartbeat,
+            heartbeat_ttl: c.heartbeat_ttl,
+            reaper_interval: c.reaper,
+            command_timeout: c.command_timeout,
+            reconnect_min: c.reconnect_min,
+            reconnect_max: c.reconnect_max,
+            outbox_capacity: c.outbox_max,
+            subscriber_buffer: c.subscriber_buffer,
+            startup_wait: c.startup_wait,
+            ..RedisTuning::default()
+        }
+    }
 }
 
 impl Default for RedisTuning {
@@ -273,12 +290,20 @@ impl RedisBus {
         Ok(())
     }
 
-    pub async fn presence_join(&self, room: &Arc<str>, user: &Arc<str>) -> Result<u64, BusError> {
-        Ok(self.shared.presence_sync(room, user).await.count)
+    pub async fn presence_join(
+        &self,
+        room: &Arc<str>,
+        user: &Arc<str>,
+    ) -> Result<PresenceChange, BusError> {
+        Ok(self.shared.presence_sync(room, user).await.into())
     }
 
-    pub async fn presence_leave(&self, room: &Arc<str>, user: &Arc<str>) -> Result<u64, BusError> {
-        Ok(self.shared.presence_sync(room, user).await.count)
+    pub async fn presence_leave(
+        &self,
+        room: &Arc<str>,
+        user: &Arc<str>,
+    ) -> Result<PresenceChange, BusError> {
+        Ok(self.shared.presence_sync(room, user).await.into())
     }
 
     pub async fn presence(&self, room: &Arc<str>) -> Result<Vec<String>, BusError> {

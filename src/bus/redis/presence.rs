@@ -37,7 +37,31 @@ pub fn memberships(registry: &Registry) -> HashMap<Arc<str>, HashSet<Arc<str>>> 
     map
 }
 
+impl From<Synced> for crate::bus::PresenceChange {
+    fn from(s: Synced) -> Self {
+        crate::bus::PresenceChange {
+            count: s.count,
+            changed: s.flip != 0,
+        }
+    }
+}
+
 impl Shared {
+    /// The local direction of (room, user): +1 when the user has a local
+    /// connection in the room, -1 otherwise. Used when Redis cannot say,
+    /// so local members still hear local joins and leaves.
+    fn local_flip(&self, room: &str, user: &Arc<str>) -> i64 {
+        if self
+            .registry
+            .with_room(room, |m| m.users.contains_key(user))
+            .unwrap_or(false)
+        {
+            1
+        } else {
+            -1
+        }
+    }
+
     fn local_count(&self, room: &str) -> u64 {
         self.registry
             .with_room(room, |m| m.users.len() as u64)
@@ -52,7 +76,7 @@ impl Shared {
             self.mark_dirty();
             return Synced {
                 count: self.local_count(room),
-                flip: 0,
+                flip: self.local_flip(room, user),
             };
         }
         match self.presence_apply(room, user).await {
@@ -70,7 +94,7 @@ impl Shared {
                 self.mark_dirty();
                 Synced {
                     count: self.local_count(room),
-                    flip: 0,
+                    flip: self.local_flip(room, user),
                 }
             }
         }
