@@ -41,6 +41,7 @@ LIMITS = {
     "rate_per_s": 50,
     "burst": 100,
     "ping_interval_ms": 25000,
+    "presence_events_max": 1000,
 }
 
 
@@ -179,6 +180,7 @@ SERVER = [
                 "rate_per_s": 1000,
                 "burst": 2000,
                 "ping_interval_ms": 100,
+                "presence_events_max": 0,
             },
             "batch": True,
         },

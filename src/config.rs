@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// Address (host:port) for HTTP and WebSocket; port 0 picks a free one.
     #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Pending TCP connections the kernel queues before accepting.
+    #[arg(long, env = "ROOMCAST_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
     /// Redis URL for cluster mode; unset runs standalone.
     #[arg(long, env = "ROOMCAST_REDIS_URL")]
     pub redis: Option<String>,
@@ -159,6 +162,9 @@ pub struct ServeArgs {
     /// Cluster: how long start-up waits for Redis before listening not-ready.
     #[arg(long, env = "ROOMCAST_REDIS_STARTUP_WAIT_MS", default_value_t = 10_000)]
     pub redis_startup_wait_ms: u64,
+    /// joined/left are broadcast only in rooms of at most this many users (0: never).
+    #[arg(long, env = "ROOMCAST_PRESENCE_EVENTS_MAX", default_value_t = 1000)]
+    pub presence_events_max: u64,
     /// Bytes of the per-connection WebSocket read buffer.
     #[arg(long, env = "ROOMCAST_READ_BUFFER_BYTES", default_value_t = 4096)]
     pub read_buffer_bytes: usize,
@@ -262,6 +268,7 @@ fn file_flags(path: &PathBuf) -> Result<Vec<String>, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: String,
+    pub listen_backlog: u32,
     pub instance_id: String,
     pub log_format: LogFormat,
     pub auth: AuthConfig,
@@ -292,6 +299,7 @@ pub struct LimitsConfig {
     pub slow_consumer: SlowConsumerPolicy,
     pub ping_interval: Duration,
     pub read_buffer_bytes: usize,
+    pub presence_events_max: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -330,6 +338,7 @@ impl LimitsConfig {
             rate_per_s: u64::from(self.rate_per_s),
             burst: u64::from(self.burst),
             ping_interval_ms: self.ping_interval.as_millis() as u64,
+            presence_events_max: self.presence_events_max,
         }
     }
 }
@@ -391,6 +400,7 @@ impl TryFrom<ServeArgs> for Config {
         }
         Ok(Config {
             listen: a.listen,
+            listen_backlog: a.listen_backlog,
             instance_id,
             log_format: a.log_format,
             auth: AuthConfig {
@@ -416,6 +426,7 @@ impl TryFrom<ServeArgs> for Config {
                 slow_consumer: a.slow_consumer,
                 ping_interval: Duration::from_millis(a.ping_interval_ms),
                 read_buffer_bytes: a.read_buffer_bytes,
+                presence_events_max: a.presence_events_max,
             },
             offline: OfflineConfig {
                 max_per_user: a.offline_max,

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 
 use roomcast::auth::Verifier;
 use roomcast::bus::Bus;
@@ -67,7 +66,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             (Bus::Redis(bus), "cluster")
         }
     };
-    let listener = TcpListener::bind(&config.listen)
+    let listener = server::listen(&config.listen, config.listen_backlog)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;

@@ -222,6 +222,31 @@ async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
     res
 }
 
+/// Binds the listening socket with a backlog sized for connection storms
+/// (the standard library's default of 128 drops SYNs when thousands of
+/// clients reconnect at once).
+pub async fn listen(addr: &str, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for sa in tokio::net::lookup_host(addr).await? {
+        let socket = if sa.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(sa).and_then(|()| socket.listen(backlog)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "address resolved to nothing",
+        )
+    }))
+}
+
 fn ws_config(node: &Node) -> WebSocketConfig {
     let limits = &node.config.limits;
     WebSocketConfig::default()

@@ -239,3 +239,36 @@ async fn tenants_never_see_each_other() {
         .filter(|e| matches!(e, ServerEvent::Direct { .. }));
     assert!(a1_direct.is_none());
 }
+
+#[tokio::test]
+async fn presence_events_stop_above_the_configured_room_size() {
+    let server = Server::start(&["--presence-events-max", "2"]).await;
+    let mut a = server.connect("a").await;
+    let mut b = server.connect("b").await;
+    let mut c = server.connect("c").await;
+    a.join("big").await;
+    b.join("big").await;
+    let joined = a
+        .recv_matching(|e| matches!(e, ServerEvent::Joined { user, .. } if user == "b"))
+        .await;
+    assert!(matches!(joined, ServerEvent::Joined { count: 2, .. }));
+    // The third user makes the room larger than 2: no event, but presence knows.
+    c.join("big").await;
+    let is_c = |e: &Event| matches!(e, ServerEvent::Joined { user, .. } | ServerEvent::Left { user, .. } if user == "c");
+    a.expect_none(Duration::from_millis(300), is_c).await;
+    match c.request(ClientFrame::new("presence").room("big")).await {
+        ServerEvent::Presence { count, .. } => assert_eq!(count, 3),
+        other => panic!("{other:?}"),
+    }
+    // Leaving a room of 3 is silent; leaving a room of 2 is announced.
+    drop(c);
+    a.expect_none(Duration::from_millis(300), is_c).await;
+    drop(b);
+    let left = a
+        .recv_matching(|e| matches!(e, ServerEvent::Left { user, .. } if user == "b"))
+        .await;
+    assert!(
+        matches!(left, ServerEvent::Left { count: 1, .. }),
+        "{left:?}"
+    );
+}

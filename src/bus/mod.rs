@@ -108,6 +108,10 @@ pub enum BusError {
     Unavailable(String),
 }
 
+/// The cluster-mode arms box their futures: Redis operations are large
+/// state machines, and every connection task embeds the future of each
+/// bus call it makes, so unboxed they would double the memory of every
+/// connection, in standalone mode too.
 pub enum Bus {
     Memory(memory::MemoryBus),
     Redis(redis::RedisBus),
@@ -119,7 +123,7 @@ impl Bus {
     pub async fn room_interest(&self, room: &Arc<str>, on: bool) -> Result<(), BusError> {
         match self {
             Bus::Memory(b) => b.room_interest(room, on),
-            Bus::Redis(b) => b.room_interest(room, on).await,
+            Bus::Redis(b) => Box::pin(b.room_interest(room, on)).await,
         }
     }
 
@@ -127,7 +131,7 @@ impl Bus {
     pub async fn publish(&self, room: &Arc<str>, event: RoomEvent) -> Result<(), BusError> {
         match self {
             Bus::Memory(b) => b.publish(room, event),
-            Bus::Redis(b) => b.publish(room, event).await,
+            Bus::Redis(b) => Box::pin(b.publish(room, event)).await,
         }
     }
 
@@ -145,7 +149,7 @@ impl Bus {
                     changed: true,
                 })
             }
-            Bus::Redis(b) => b.presence_join(room, user).await,
+            Bus::Redis(b) => Box::pin(b.presence_join(room, user)).await,
         }
     }
 
@@ -163,7 +167,7 @@ impl Bus {
                     changed: true,
                 })
             }
-            Bus::Redis(b) => b.presence_leave(room, user).await,
+            Bus::Redis(b) => Box::pin(b.presence_leave(room, user)).await,
         }
     }
 
@@ -171,7 +175,7 @@ impl Bus {
     pub async fn presence(&self, room: &Arc<str>) -> Result<Vec<String>, BusError> {
         match self {
             Bus::Memory(b) => Ok(b.presence(room)),
-            Bus::Redis(b) => b.presence(room).await,
+            Bus::Redis(b) => Box::pin(b.presence(room)).await,
         }
     }
 
@@ -180,7 +184,7 @@ impl Bus {
     pub async fn send(&self, user: &Arc<str>, msg: DirectMessage) -> Result<SendOutcome, BusError> {
         match self {
             Bus::Memory(b) => Ok(b.send(user, msg)),
-            Bus::Redis(b) => b.send(user, msg).await,
+            Bus::Redis(b) => Box::pin(b.send(user, msg)).await,
         }
     }
 
@@ -192,7 +196,7 @@ impl Bus {
                 b.attach(conn);
                 Ok(())
             }
-            Bus::Redis(b) => b.attach(conn).await,
+            Bus::Redis(b) => Box::pin(b.attach(conn)).await,
         }
     }
 
@@ -201,7 +205,7 @@ impl Bus {
     pub async fn detach(&self, conn: &Arc<ConnHandle>) -> Vec<(Arc<str>, LeaveChange)> {
         match self {
             Bus::Memory(b) => b.detach(conn),
-            Bus::Redis(b) => b.detach(conn).await,
+            Bus::Redis(b) => Box::pin(b.detach(conn)).await,
         }
     }
 
@@ -210,7 +214,7 @@ impl Bus {
     pub async fn offline_written(&self, user: &Arc<str>, upto: u64) {
         match self {
             Bus::Memory(b) => b.offline_written(user, upto),
-            Bus::Redis(b) => b.offline_written(user, upto).await,
+            Bus::Redis(b) => Box::pin(b.offline_written(user, upto)).await,
         }
     }
 
@@ -245,7 +249,7 @@ impl Bus {
     pub async fn shutdown(&self) {
         match self {
             Bus::Memory(_) => {}
-            Bus::Redis(b) => b.shutdown().await,
+            Bus::Redis(b) => Box::pin(b.shutdown()).await,
         }
     }
 }

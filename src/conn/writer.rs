@@ -23,6 +23,9 @@ use crate::protocol::CloseCode;
 /// How long the close frame may take to reach a peer's socket.
 const CLOSE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Frame buffer capacity a connection keeps between bursts.
+const IDLE_FRAMES_CAPACITY: usize = 16;
+
 /// Most queue items written between two flushes.
 const MAX_ITEMS_PER_FLUSH: usize = 256;
 
@@ -79,6 +82,10 @@ pub async fn run<S>(
         };
         if written.is_err() {
             break None;
+        }
+        // A burst may have grown the buffer; idle connections keep none.
+        if frames.capacity() > IDLE_FRAMES_CAPACITY {
+            frames = Vec::new();
         }
         per_flush = MAX_ITEMS_PER_FLUSH;
         for upto in acks {

@@ -182,6 +182,8 @@ pub struct Limits {
     pub burst: u64,
     /// Server ping interval; a peer silent for two intervals is closed.
     pub ping_interval_ms: u64,
+    /// `joined`/`left` are sent only in rooms of at most this many users.
+    pub presence_events_max: u64,
 }
 
 /// Every event the server sends. Strings are `Cow` so the server encodes
