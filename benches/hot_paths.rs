@@ -3,17 +3,17 @@
 //! contention. `cargo bench --bench hot_paths`.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use roomcast::config::SlowConsumerPolicy;
-use roomcast::conn::handle::{ConnHandle, Outbound};
+use roomcast::conn::handle::ConnHandle;
 use roomcast::fanout;
 use roomcast::protocol::message::ClientFrame;
 use roomcast::protocol::{Codec, ServerEvent};
 use roomcast::registry::{Registry, scoped};
 use serde_json::{Value, json};
-use tokio::sync::mpsc::Receiver;
 
 fn main() {
     divan::main();
@@ -54,20 +54,20 @@ fn decode_publish(bencher: divan::Bencher, codec: Codec) {
 
 struct Room {
     registry: Registry,
-    receivers: Vec<Receiver<Outbound>>,
+    members: Vec<Arc<ConnHandle>>,
 }
 
 fn room_of(n: usize) -> Room {
     let registry = Registry::new();
     let room = scoped("", "big");
-    let mut receivers = Vec::with_capacity(n);
+    let mut members = Vec::with_capacity(n);
     for i in 0..n {
         let codec = if i % 2 == 0 {
             Codec::Json
         } else {
             Codec::MsgPack
         };
-        let (handle, rx) = ConnHandle::new(
+        let handle = ConnHandle::new(
             i as u64,
             scoped("", &format!("u{i}")),
             codec,
@@ -76,12 +76,9 @@ fn room_of(n: usize) -> Room {
         );
         registry.add_conn(&handle);
         registry.join(&handle, &room, 10).expect("join");
-        receivers.push(rx);
+        members.push(handle);
     }
-    Room {
-        registry,
-        receivers,
-    }
+    Room { registry, members }
 }
 
 /// One event to 1,000 local members (half JSON, half MessagePack): two
@@ -89,13 +86,15 @@ fn room_of(n: usize) -> Room {
 /// would.
 #[divan::bench]
 fn fanout_1k(bencher: divan::Bencher) {
-    let mut room = room_of(1000);
+    let room = room_of(1000);
     let data = payload();
     let event = message_event(&data);
+    let mut drained = VecDeque::new();
     bencher.bench_local(|| {
         let sent = fanout::deliver_room(&room.registry, "/big", &event);
-        for rx in &mut room.receivers {
-            while rx.try_recv().is_ok() {}
+        for member in &room.members {
+            member.outbox.take_all(&mut drained);
+            drained.clear();
         }
         sent
     });
@@ -110,7 +109,7 @@ fn registry_join_leave(bencher: divan::Bencher) {
     let rooms: Vec<Arc<str>> = (0..64).map(|i| scoped("", &format!("room{i}"))).collect();
     bencher.bench(|| {
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        let (handle, _rx) = ConnHandle::new(
+        let handle = ConnHandle::new(
             id,
             scoped("", "u"),
             Codec::Json,

@@ -249,7 +249,7 @@ mod tests {
     use crate::protocol::Codec;
 
     fn conn(id: ConnId, user: &str) -> Arc<ConnHandle> {
-        ConnHandle::new(id, user.into(), Codec::Json, 8, SlowConsumerPolicy::Drop).0
+        ConnHandle::new(id, user.into(), Codec::Json, 8, SlowConsumerPolicy::Drop)
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The handle the rest of the server holds for one connection: its identity,
-//! codec, the sender side of its bounded outbound queue, and its kill switch.
+//! codec, its bounded outbound queue, and its kill switch.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -39,12 +39,48 @@ pub enum PushError {
     Closed,
 }
 
+/// The bounded outbound queue. A plain deque under a mutex rather than a
+/// channel: an idle connection's empty deque allocates nothing (a channel
+/// allocates a block of slots up front), and the writer takes everything
+/// ready in one lock. The lock is held only to push or swap, never across
+/// an await.
+pub struct Outbox {
+    queue: Mutex<VecDeque<Outbound>>,
+    /// Wakes the writer; a notification sent while it is busy is kept.
+    ready: Notify,
+    capacity: usize,
+    /// Set when the writer has stopped: later pushes fail at once.
+    closed: AtomicBool,
+}
+
+impl Outbox {
+    /// Moves every queued item into `into` (which must be empty), in order.
+    pub fn take_all(&self, into: &mut VecDeque<Outbound>) {
+        if let Ok(mut q) = self.queue.lock() {
+            std::mem::swap(&mut *q, into);
+        }
+    }
+
+    /// Waits until something was pushed since the last wait.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Refuses further pushes and frees what is queued.
+    pub fn shut(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Ok(mut q) = self.queue.lock() {
+            *q = VecDeque::new();
+        }
+    }
+}
+
 pub struct ConnHandle {
     pub id: ConnId,
     /// Tenant-scoped user key (see [`crate::registry::scoped`]).
     pub user: Arc<str>,
     pub codec: Codec,
-    tx: mpsc::Sender<Outbound>,
+    pub outbox: Outbox,
     /// Cancelled when the connection must stop at once; both the reader and
     /// the writer select on it.
     kill: CancellationToken,
@@ -70,41 +106,60 @@ impl ConnHandle {
         codec: Codec,
         queue: usize,
         policy: SlowConsumerPolicy,
-    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue);
-        let handle = ConnHandle {
+    ) -> Arc<ConnHandle> {
+        Arc::new(ConnHandle {
             id,
             user,
             codec,
-            tx,
+            outbox: Outbox {
+                queue: Mutex::new(VecDeque::new()),
+                ready: Notify::new(),
+                capacity: queue,
+                closed: AtomicBool::new(false),
+            },
             kill: CancellationToken::new(),
             close_code: AtomicU16::new(0),
             policy,
-        };
-        (Arc::new(handle), rx)
+        })
+    }
+
+    fn try_push(&self, item: Outbound) -> Result<(), PushError> {
+        if self.outbox.closed.load(Ordering::Acquire) {
+            return Err(PushError::Closed);
+        }
+        {
+            let Ok(mut q) = self.outbox.queue.lock() else {
+                return Err(PushError::Closed);
+            };
+            if q.len() >= self.outbox.capacity {
+                return Err(PushError::Full);
+            }
+            q.push_back(item);
+        }
+        self.outbox.ready.notify_one();
+        Ok(())
     }
 
     /// Queues an item without waiting. A full queue applies the
     /// slow-consumer policy: the item is dropped and counted, and with the
     /// `close` policy the connection is also closed with 4000.
     pub fn push(&self, item: Outbound) -> Result<(), PushError> {
-        match self.tx.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
+        match self.try_push(item) {
+            Err(PushError::Full) => {
                 metrics::slow_consumer_drop();
                 if self.policy == SlowConsumerPolicy::Close {
                     self.close(CloseCode::SlowConsumer);
                 }
                 Err(PushError::Full)
             }
-            Err(TrySendError::Closed(_)) => Err(PushError::Closed),
+            other => other,
         }
     }
 
     /// Queues a close that takes effect after everything already queued.
     /// Falls back to an immediate close when the queue is full.
     pub fn close_after_queue(&self, code: CloseCode) {
-        if self.tx.try_send(Outbound::Close(code)).is_err() {
+        if self.try_push(Outbound::Close(code)).is_err() {
             self.close(code);
         }
     }

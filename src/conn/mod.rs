@@ -50,7 +50,7 @@ where
     } = accepted;
     let limits = &node.config.limits;
     let user_key = scoped(&identity.tenant, &identity.user);
-    let (handle, rx) = ConnHandle::new(
+    let handle = ConnHandle::new(
         id,
         user_key,
         codec,
@@ -58,7 +58,7 @@ where
         limits.slow_consumer,
     );
     let (sink, mut stream) = ws.split();
-    let writer = tokio::spawn(writer::run(sink, rx, handle.clone(), node.clone(), batch));
+    let writer = tokio::spawn(writer::run(sink, handle.clone(), node.clone(), batch));
     metrics::connection_opened();
 
     reply(

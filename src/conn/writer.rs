@@ -2,13 +2,13 @@
 //! It takes everything ready in the outbound queue, writes it (as one
 //! `batch` frame when the client opted in), and flushes once.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -23,41 +23,32 @@ use crate::protocol::CloseCode;
 /// How long the close frame may take to reach a peer's socket.
 const CLOSE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Frame buffer capacity a connection keeps between bursts.
-const IDLE_FRAMES_CAPACITY: usize = 16;
-
-/// Most queue items written between two flushes.
-const MAX_ITEMS_PER_FLUSH: usize = 256;
+/// Buffer capacity (items) a connection keeps between bursts.
+const IDLE_CAPACITY: usize = 16;
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
-pub async fn run<S>(
-    mut sink: Sink<S>,
-    mut rx: mpsc::Receiver<Outbound>,
-    handle: Arc<ConnHandle>,
-    node: Arc<Node>,
-    batch: bool,
-) where
+pub async fn run<S>(mut sink: Sink<S>, handle: Arc<ConnHandle>, node: Arc<Node>, batch: bool)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut items: VecDeque<Outbound> = VecDeque::new();
     let mut frames: Vec<Message> = Vec::new();
-    // The first write carries `welcome` (queued before anything else) alone,
-    // so it is never part of a batch.
-    let mut per_flush = 1;
+    // `welcome` is the first item ever queued and is never part of a batch.
+    let mut welcomed = false;
     let close = loop {
-        let first = tokio::select! {
-            biased;
-            _ = handle.killed() => break handle.close_code(),
-            item = rx.recv() => item,
-        };
-        let Some(first) = first else { break None };
+        handle.outbox.take_all(&mut items);
+        if items.is_empty() {
+            tokio::select! {
+                biased;
+                _ = handle.killed() => break handle.close_code(),
+                _ = handle.outbox.ready() => continue,
+            }
+        }
         let mut acks = Vec::new();
         let mut close = None;
-        let mut item = Some(first);
-        let mut taken = 0;
-        while let Some(next) = item.take() {
-            taken += 1;
-            match next {
+        for item in items.drain(..) {
+            match item {
                 Outbound::Frame(m) => frames.push(m),
                 Outbound::Queued { frames: q, upto } => {
                     frames.extend(q);
@@ -69,25 +60,25 @@ pub async fn run<S>(
                     break;
                 }
             }
-            if taken < per_flush {
-                item = rx.try_recv().ok();
-            }
         }
         // A peer that stops reading blocks the write once the socket buffer
         // is full; a kill (slow consumer, shutdown) must still end the task.
         let written = tokio::select! {
             biased;
             _ = handle.killed() => break handle.close_code(),
-            r = write(&mut sink, &mut frames, batch, handle.codec) => r,
+            r = write(&mut sink, &mut frames, batch, welcomed, handle.codec) => r,
         };
+        welcomed = true;
         if written.is_err() {
             break None;
         }
-        // A burst may have grown the buffer; idle connections keep none.
-        if frames.capacity() > IDLE_FRAMES_CAPACITY {
+        // A burst may have grown the buffers; idle connections keep none.
+        if frames.capacity() > IDLE_CAPACITY {
             frames = Vec::new();
         }
-        per_flush = MAX_ITEMS_PER_FLUSH;
+        if items.capacity() > IDLE_CAPACITY {
+            items = VecDeque::new();
+        }
         for upto in acks {
             node.bus.offline_written(&handle.user, upto).await;
         }
@@ -95,6 +86,7 @@ pub async fn run<S>(
             break close;
         }
     };
+    handle.outbox.shut();
     if let Some(code) = close {
         metrics::closed_with(code);
         let frame = CloseFrame {
@@ -110,17 +102,21 @@ pub async fn run<S>(
     handle.close(CloseCode::GoingAway);
 }
 
-/// Writes the frames and flushes once. With `batch`, consecutive data
-/// frames become one `batch` frame.
+/// Writes the frames and flushes once. With `batch`, the data frames
+/// become one `batch` frame (except `welcome`, the very first frame).
 async fn write<S>(
     sink: &mut Sink<S>,
     frames: &mut Vec<Message>,
     batch: bool,
+    welcomed: bool,
     codec: crate::protocol::Codec,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if !welcomed && batch && !frames.is_empty() {
+        sink.feed(frames.remove(0)).await?;
+    }
     let data = frames
         .iter()
         .filter(|m| matches!(m, Message::Text(_) | Message::Binary(_)))
