@@ -165,8 +165,9 @@ pub struct ServeArgs {
     /// joined/left are broadcast only in rooms of at most this many users (0: never).
     #[arg(long, env = "ROOMCAST_PRESENCE_EVENTS_MAX", default_value_t = 1000)]
     pub presence_events_max: u64,
-    /// Bytes of the per-connection WebSocket read buffer.
-    #[arg(long, env = "ROOMCAST_READ_BUFFER_BYTES", default_value_t = 4096)]
+    /// Bytes of the per-connection WebSocket read buffer, allocated for every
+    /// connection; larger frames are read in several steps.
+    #[arg(long, env = "ROOMCAST_READ_BUFFER_BYTES", default_value_t = 512)]
     pub read_buffer_bytes: usize,
 }
 

@@ -9,7 +9,9 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -189,21 +191,9 @@ async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
         user = %accepted.identity.user,
         instance = %node.instance_id()
     );
-    let task_node = node.clone();
-    node.tracker.spawn(
-        async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let io = TokioIo::new(upgraded);
-                    let ws =
-                        WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-                    conn::serve(task_node, ws, accepted).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
-        }
-        .instrument(span),
-    );
+    let pending = Box::new((on_upgrade, ws_config, accepted));
+    node.tracker
+        .spawn(upgraded(node.clone(), pending).instrument(span));
 
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -220,6 +210,23 @@ async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
         );
     }
     res
+}
+
+/// Finishes the upgrade, then hands the connection to a task of its own:
+/// the handshake's state is large and would otherwise stay reserved in the
+/// future of every connection for its whole life.
+async fn upgraded(node: Arc<Node>, pending: Box<(OnUpgrade, WebSocketConfig, Accepted)>) {
+    let (on_upgrade, ws_config, accepted) = *pending;
+    match on_upgrade.await {
+        Ok(upgraded) => {
+            let io = TokioIo::new(upgraded);
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+            let serve = conn::serve(node.clone(), ws.split(), Box::new(accepted));
+            node.tracker
+                .spawn(serve.instrument(tracing::Span::current()));
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
 }
 
 /// Binds the listening socket with a backlog sized for connection storms

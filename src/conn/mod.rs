@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
+use futures_util::stream::{SplitSink, SplitStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -37,8 +38,14 @@ pub struct Accepted {
 }
 
 /// Serves one upgraded connection until it closes.
-pub async fn serve<S>(node: Arc<Node>, ws: WebSocketStream<S>, accepted: Accepted)
-where
+pub async fn serve<S>(
+    node: Arc<Node>,
+    (sink, mut stream): (
+        SplitSink<WebSocketStream<S>, Message>,
+        SplitStream<WebSocketStream<S>>,
+    ),
+    accepted: Box<Accepted>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Accepted {
@@ -47,7 +54,7 @@ where
         codec,
         batch,
         slot,
-    } = accepted;
+    } = *accepted;
     let limits = &node.config.limits;
     let user_key = scoped(&identity.tenant, &identity.user);
     let handle = ConnHandle::new(
@@ -57,7 +64,6 @@ where
         limits.outbound_queue,
         limits.slow_consumer,
     );
-    let (sink, mut stream) = ws.split();
     let writer = tokio::spawn(writer::run(sink, handle.clone(), node.clone(), batch));
     metrics::connection_opened();
 
@@ -112,7 +118,9 @@ where
             Message::Close(_) => break,
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
-        handle_frame(&node, &handle, &mut session, bytes).await;
+        // Boxed: the request's future is large and only lives while one
+        // runs; inline, every idle connection would carry its size.
+        Box::pin(handle_frame(&node, &handle, &mut session, bytes)).await;
     }
 
     node.disconnect(&handle).await;

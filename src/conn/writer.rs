@@ -66,7 +66,9 @@ where
         let written = tokio::select! {
             biased;
             _ = handle.killed() => break handle.close_code(),
-            r = write(&mut sink, &mut frames, batch, welcomed, handle.codec) => r,
+            // Boxed for the same reason as requests in the reader: idle
+            // connections should not carry the write's state.
+            r = Box::pin(write(&mut sink, &mut frames, batch, welcomed, handle.codec)) => r,
         };
         welcomed = true;
         if written.is_err() {
