@@ -1,9 +1,10 @@
 //! Prometheus metrics. Names are fixed here; no label carries a room, a user
 //! or a token (cardinality and privacy).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge};
+use metrics::{Counter, counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::protocol::{Codec, ErrorCode};
@@ -42,8 +43,32 @@ pub fn upgrade_rejected(reason: &'static str) {
     counter!("roomcast_upgrades_rejected_total", "reason" => reason).increment(1);
 }
 
-pub fn op_received(op: &'static str) {
-    counter!("roomcast_ops_total", "op" => op).increment(1);
+/// Handles of the counters bumped on every message, looked up once: the
+/// `counter!` macro hashes its name and labels on every call. Created after
+/// [`install`], which `main` calls before serving.
+struct Hot {
+    deliveries: Counter,
+    encodes: [Counter; 2],
+    ops: [Counter; 6],
+}
+
+static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
+    deliveries: counter!("roomcast_deliveries_total"),
+    encodes: [
+        counter!("roomcast_encodes_total", "codec" => "json"),
+        counter!("roomcast_encodes_total", "codec" => "msgpack"),
+    ],
+    ops: OPS.map(|op| counter!("roomcast_ops_total", "op" => op)),
+});
+
+/// Client operations, in the order of [`op_received`]'s index.
+pub const OPS: [&str; 6] = ["join", "leave", "publish", "send", "presence", "ping"];
+
+/// Counts a client operation; `op` indexes [`OPS`].
+pub fn op_received(op: usize) {
+    if let Some(c) = HOT.ops.get(op) {
+        c.increment(1);
+    }
 }
 
 pub fn error_sent(code: ErrorCode) {
@@ -52,16 +77,12 @@ pub fn error_sent(code: ErrorCode) {
 
 pub fn delivered(n: usize) {
     if n > 0 {
-        counter!("roomcast_deliveries_total").increment(n as u64);
+        HOT.deliveries.increment(n as u64);
     }
 }
 
 pub fn encoded(codec: Codec) {
-    let name = match codec {
-        Codec::Json => "json",
-        Codec::MsgPack => "msgpack",
-    };
-    counter!("roomcast_encodes_total", "codec" => name).increment(1);
+    HOT.encodes[codec.index()].increment(1);
 }
 
 pub fn slow_consumer_drop() {

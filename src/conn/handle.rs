@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::SlowConsumerPolicy;
 use crate::metrics;
@@ -83,7 +82,12 @@ pub struct ConnHandle {
     pub outbox: Outbox,
     /// Cancelled when the connection must stop at once; both the reader and
     /// the writer select on it.
-    kill: CancellationToken,
+    /// Set when the connection must stop at once; the reader and a blocked
+    /// writer wait on `kill_notify`. An atomic flag rather than a
+    /// cancellation token: the writer checks it on every wake-up, and a
+    /// token's check takes a lock.
+    killed: AtomicBool,
+    kill_notify: Notify,
     /// The close code to send when killed; 0 until set, first setter wins.
     close_code: AtomicU16,
     policy: SlowConsumerPolicy,
@@ -117,7 +121,8 @@ impl ConnHandle {
                 capacity: queue,
                 closed: AtomicBool::new(false),
             },
-            kill: CancellationToken::new(),
+            killed: AtomicBool::new(false),
+            kill_notify: Notify::new(),
             close_code: AtomicU16::new(0),
             policy,
         })
@@ -169,15 +174,27 @@ impl ConnHandle {
         let _ =
             self.close_code
                 .compare_exchange(0, code.code(), Ordering::Relaxed, Ordering::Relaxed);
-        self.kill.cancel();
+        self.killed.store(true, Ordering::Release);
+        self.kill_notify.notify_waiters();
+        // Wakes an idle writer, which checks the flag on every wake-up.
+        self.outbox.ready.notify_one();
     }
 
-    pub fn killed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.kill.cancelled()
+    /// Resolves once the connection was killed.
+    pub async fn killed(&self) {
+        loop {
+            let notified = self.kill_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_killed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn is_killed(&self) -> bool {
-        self.kill.is_cancelled()
+        self.killed.load(Ordering::Acquire)
     }
 
     /// The close code set by [`ConnHandle::close`], if any.

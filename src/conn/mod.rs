@@ -87,7 +87,14 @@ pub async fn serve<S>(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_seen = Instant::now();
     loop {
+        // Checked on every turn: a client that floods frames keeps
+        // `stream.next()` ready, and the select below prefers it.
+        if handle.is_killed() {
+            break;
+        }
         let frame = tokio::select! {
+            biased;
+            frame = stream.next() => frame,
             _ = handle.killed() => break,
             _ = ping.tick() => {
                 if last_seen.elapsed() > ping_every * 2 {
@@ -97,7 +104,6 @@ pub async fn serve<S>(
                 let _ = handle.push(Outbound::Ping);
                 continue;
             }
-            frame = stream.next() => frame,
         };
         let msg = match frame {
             None => break,
@@ -141,7 +147,7 @@ async fn handle_frame(node: &Node, conn: &Arc<ConnHandle>, session: &mut Session
             return refuse(conn, r.id.as_ref(), Refusal::Error(r.code, r.text));
         }
     };
-    metrics::op_received(op_name(&op));
+    metrics::op_received(op_index(&op));
     let command = match session.command(op) {
         Ok(c) => c,
         Err(refusal) => return refuse(conn, id.as_ref(), refusal),
@@ -228,13 +234,14 @@ fn reply(conn: &ConnHandle, event: &ServerEvent<'_>) {
     }
 }
 
-fn op_name(op: &ClientOp) -> &'static str {
+/// The index of an op in [`metrics::OPS`].
+fn op_index(op: &ClientOp) -> usize {
     match op {
-        ClientOp::Join { .. } => "join",
-        ClientOp::Leave { .. } => "leave",
-        ClientOp::Publish { .. } => "publish",
-        ClientOp::Send { .. } => "send",
-        ClientOp::Presence { .. } => "presence",
-        ClientOp::Ping => "ping",
+        ClientOp::Join { .. } => 0,
+        ClientOp::Leave { .. } => 1,
+        ClientOp::Publish { .. } => 2,
+        ClientOp::Send { .. } => 3,
+        ClientOp::Presence { .. } => 4,
+        ClientOp::Ping => 5,
     }
 }

@@ -37,13 +37,14 @@ where
     // `welcome` is the first item ever queued and is never part of a batch.
     let mut welcomed = false;
     let close = loop {
+        if handle.is_killed() {
+            break handle.close_code();
+        }
         handle.outbox.take_all(&mut items);
         if items.is_empty() {
-            tokio::select! {
-                biased;
-                _ = handle.killed() => break handle.close_code(),
-                _ = handle.outbox.ready() => continue,
-            }
+            // A kill also wakes this wait.
+            handle.outbox.ready().await;
+            continue;
         }
         let mut acks = Vec::new();
         let mut close = None;
@@ -63,12 +64,14 @@ where
         }
         // A peer that stops reading blocks the write once the socket buffer
         // is full; a kill (slow consumer, shutdown) must still end the task.
+        // The write goes first: when it completes at once, the kill future
+        // is never polled and costs nothing.
         let written = tokio::select! {
             biased;
-            _ = handle.killed() => break handle.close_code(),
             // Boxed for the same reason as requests in the reader: idle
             // connections should not carry the write's state.
             r = Box::pin(write(&mut sink, &mut frames, batch, welcomed, handle.codec)) => r,
+            _ = handle.killed() => break handle.close_code(),
         };
         welcomed = true;
         if written.is_err() {
