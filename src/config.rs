@@ -362,7 +362,12 @@ impl TryFrom<ServeArgs> for Config {
         positive("burst", u64::from(a.burst))?;
         positive("max-connections", a.max_connections as u64)?;
         positive("max-conns-per-user", a.max_conns_per_user as u64)?;
-        positive("outbound-queue", a.outbound_queue as u64)?;
+        if a.outbound_queue < 2 {
+            // `welcome` and the offline backlog are queued before the writer runs.
+            return Err(ConfigError::Invalid(
+                "outbound-queue must be at least 2".into(),
+            ));
+        }
         positive("ping-interval-ms", a.ping_interval_ms)?;
         positive("read-buffer-bytes", a.read_buffer_bytes as u64)?;
         if a.jwt_secret.is_none() && a.jwt_public_key.is_none() && !a.allow_anonymous {

@@ -64,7 +64,6 @@ pub async fn serve<S>(
         limits.outbound_queue,
         limits.slow_consumer,
     );
-    let writer = tokio::spawn(writer::run(sink, handle.clone(), node.clone(), batch));
     metrics::connection_opened();
 
     reply(
@@ -81,6 +80,9 @@ pub async fn serve<S>(
         tracing::warn!(error = %e, "cannot register connection");
         handle.close(CloseCode::InternalError);
     }
+    // The writer starts only now: a client that has read `welcome` is
+    // registered, so a direct message sent to it from then on reaches it.
+    let writer = tokio::spawn(writer::run(sink, handle.clone(), node.clone(), batch));
 
     let mut session = Session::new(identity, limits, Instant::now());
     let ping_every = limits.ping_interval;
