@@ -173,7 +173,7 @@ impl Node {
         }
         metrics::gauge!("roomcast_rooms").set(self.registry.room_count() as f64);
         if change.first_of_user {
-            let presence = self.bus.presence_join(room, &conn.user).await?;
+            let presence = self.bus.presence_update(room, &conn.user).await?;
             if presence.changed && presence.count <= self.config.limits.presence_events_max {
                 let user = unscoped(&conn.user).to_owned();
                 let count = presence.count;
@@ -202,7 +202,7 @@ impl Node {
     ) -> Result<(), OpError> {
         let mut result = Ok(());
         if last_of_user {
-            match self.bus.presence_leave(room, user).await {
+            match self.bus.presence_update(room, user).await {
                 Ok(presence)
                     if presence.changed
                         && presence.count < self.config.limits.presence_events_max =>

@@ -135,8 +135,10 @@ impl Bus {
         }
     }
 
-    /// Records that a user's first local connection joined a room.
-    pub async fn presence_join(
+    /// Brings the cluster's presence record of (room, user) in line with
+    /// the local registry, after a user's first local connection joined the
+    /// room or the last one left it.
+    pub async fn presence_update(
         &self,
         room: &Arc<str>,
         user: &Arc<str>,
@@ -149,25 +151,7 @@ impl Bus {
                     changed: true,
                 })
             }
-            Bus::Redis(b) => Box::pin(b.presence_join(room, user)).await,
-        }
-    }
-
-    /// Records that a user's last local connection left a room.
-    pub async fn presence_leave(
-        &self,
-        room: &Arc<str>,
-        user: &Arc<str>,
-    ) -> Result<PresenceChange, BusError> {
-        match self {
-            Bus::Memory(b) => {
-                let _ = user;
-                Ok(PresenceChange {
-                    count: b.presence_count(room),
-                    changed: true,
-                })
-            }
-            Bus::Redis(b) => Box::pin(b.presence_leave(room, user)).await,
+            Bus::Redis(b) => Box::pin(b.presence_update(room, user)).await,
         }
     }
 

@@ -290,15 +290,7 @@ impl RedisBus {
         Ok(())
     }
 
-    pub async fn presence_join(
-        &self,
-        room: &Arc<str>,
-        user: &Arc<str>,
-    ) -> Result<PresenceChange, BusError> {
-        Ok(self.shared.presence_sync(room, user).await.into())
-    }
-
-    pub async fn presence_leave(
+    pub async fn presence_update(
         &self,
         room: &Arc<str>,
         user: &Arc<str>,
