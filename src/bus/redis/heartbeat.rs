@@ -5,25 +5,15 @@
 
 use std::sync::Arc;
 
+use super::{Shared, Ticker, metric};
+use crate::node::now_ms;
 use fred::prelude::Error as RedisError;
 use serde_json::json;
-use tokio::time::MissedTickBehavior;
-
-use super::{Shared, metric};
-use crate::node::now_ms;
 
 pub async fn run(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.tuning.heartbeat_interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shared.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        // Until the first resync the registration is the resync's job.
-        if !shared.is_ready() {
-            continue;
-        }
+    let mut tick = Ticker::new(shared.tuning.heartbeat_interval);
+    // Until the first resync the registration is the resync's job.
+    while tick.next_ready(&shared).await {
         match shared.beat().await {
             Ok(true) => {}
             Ok(false) => {

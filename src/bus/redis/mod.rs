@@ -461,3 +461,29 @@ mod metric {
         counter!("roomcast_redis_reaped_instances_total").increment(1);
     }
 }
+
+/// The clock of a periodic task (heartbeat, reaper): ticks that were
+/// missed are delayed, not bunched.
+pub(super) struct Ticker(tokio::time::Interval);
+
+impl Ticker {
+    fn new(period: Duration) -> Self {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker(tick)
+    }
+
+    /// Waits for the next tick at which the bus is ready (ticks while it
+    /// is not are skipped); `false` once the bus shuts down.
+    async fn next_ready(&mut self, shared: &Shared) -> bool {
+        loop {
+            tokio::select! {
+                _ = shared.cancel.cancelled() => return false,
+                _ = self.0.tick() => {}
+            }
+            if shared.is_ready() {
+                return true;
+            }
+        }
+    }
+}

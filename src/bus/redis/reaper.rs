@@ -14,9 +14,8 @@ use std::sync::Arc;
 use fred::prelude::{
     Error as RedisError, Expiration, KeysInterface, SetOptions, SetsInterface, Value,
 };
-use tokio::time::MissedTickBehavior;
 
-use super::{Fanout, Shared, metric, wire};
+use super::{Fanout, Shared, Ticker, metric, wire};
 use crate::bus::RoomEvent;
 use crate::registry::unscoped;
 
@@ -27,16 +26,8 @@ const ROOMS_PER_STEP: usize = 64;
 const REAPED_MARKER_TTL_MS: u64 = 86_400_000;
 
 pub async fn run(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.tuning.reaper_interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shared.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !shared.is_ready() {
-            continue;
-        }
+    let mut tick = Ticker::new(shared.tuning.reaper_interval);
+    while tick.next_ready(&shared).await {
         if let Err(e) = shared.reap_dead().await {
             tracing::warn!(error = %e, "reaper pass failed");
             metric::error("reaper");
