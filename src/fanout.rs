@@ -61,6 +61,11 @@ impl<'e, 'a> Frames<'e, 'a> {
             .clone()
     }
 
+    /// How many encodings were made (at most one per codec).
+    pub fn encodes(&self) -> usize {
+        self.cache.iter().filter(|c| c.is_some()).count()
+    }
+
     /// Queues the event to each connection; returns how many took it.
     pub fn send_to<'c>(
         &mut self,
@@ -81,7 +86,12 @@ impl<'e, 'a> Frames<'e, 'a> {
 /// Delivers an event to every local member of a room.
 pub fn deliver_room(registry: &Registry, room: &str, event: &ServerEvent<'_>) -> usize {
     let sent = registry
-        .with_room(room, |m| Frames::new(event).send_to(&m.conns))
+        .with_room(room, |m| {
+            let mut frames = Frames::new(event);
+            let sent = frames.send_to(&m.conns);
+            metrics::room_fanout(frames.encodes());
+            sent
+        })
         .unwrap_or(0);
     metrics::delivered(sent);
     sent

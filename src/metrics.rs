@@ -48,12 +48,16 @@ pub fn upgrade_rejected(reason: &'static str) {
 /// [`install`], which `main` calls before serving.
 struct Hot {
     deliveries: Counter,
+    room_events: Counter,
+    room_encodes: Counter,
     encodes: [Counter; 2],
     ops: [Counter; 6],
 }
 
 static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
     deliveries: counter!("roomcast_deliveries_total"),
+    room_events: counter!("roomcast_room_events_total"),
+    room_encodes: counter!("roomcast_room_encodes_total"),
     encodes: [
         counter!("roomcast_encodes_total", "codec" => "json"),
         counter!("roomcast_encodes_total", "codec" => "msgpack"),
@@ -79,6 +83,14 @@ pub fn delivered(n: usize) {
     if n > 0 {
         HOT.deliveries.increment(n as u64);
     }
+}
+
+/// One room event fanned out on this instance, with the encodings it took.
+/// `roomcast_room_encodes_total / roomcast_room_events_total` is at most the
+/// number of codecs: events are serialised once per codec, not per member.
+pub fn room_fanout(encodes: usize) {
+    HOT.room_events.increment(1);
+    HOT.room_encodes.increment(encodes as u64);
 }
 
 pub fn encoded(codec: Codec) {

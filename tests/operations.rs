@@ -107,3 +107,41 @@ async fn sigterm_drains_clients_with_a_reconnect_hint_and_1001() {
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(6));
 }
+
+#[tokio::test]
+async fn each_room_event_is_encoded_once_per_codec() {
+    use roomcast::protocol::Codec;
+    let server = Server::start(&[]).await;
+    let mut members = Vec::new();
+    for i in 0..6 {
+        let codec = if i % 2 == 0 {
+            Codec::Json
+        } else {
+            Codec::MsgPack
+        };
+        let mut c = server.connect_with(&format!("m{i}"), codec).await;
+        c.join("table").await;
+        members.push(c);
+    }
+    for n in 0..5 {
+        members[0].publish("table", json!(n)).await;
+    }
+    for c in &mut members {
+        for n in 0..5 {
+            let got = c
+                .recv_matching(|e| matches!(e, ServerEvent::Message { .. }))
+                .await;
+            assert_eq!(message_data(&got), Some(&json!(n)));
+        }
+    }
+    let (_, text) = http_get(&server.http("/metrics")).await;
+    let events = metric(&text, "roomcast_room_events_total");
+    let encodes = metric(&text, "roomcast_room_encodes_total");
+    // Joined events and messages: each encoded at most once per codec, never per member.
+    assert!(events >= 5.0, "{text}");
+    assert!(
+        encodes <= 2.0 * events,
+        "{encodes} encodes for {events} events"
+    );
+    assert!(metric(&text, "roomcast_deliveries_total") >= 30.0, "{text}");
+}
