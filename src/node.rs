@@ -126,10 +126,6 @@ impl Node {
             .map(|_| ConnSlot { node: self.clone() })
     }
 
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
     /// A short random tag of this process, unique in the cluster in practice.
     pub fn process_tag(&self) -> &str {
         &self.mid_prefix

@@ -81,10 +81,6 @@ impl MemoryOffline {
         }
     }
 
-    pub fn depth(&self) -> usize {
-        self.queues.iter().map(|q| q.len()).sum()
-    }
-
     pub fn sweep(&self) {
         self.queues.retain(|_, q| {
             self.expire(q);

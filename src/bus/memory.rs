@@ -89,10 +89,6 @@ impl MemoryBus {
         self.offline.ack(user, upto);
     }
 
-    pub fn offline_depth(&self) -> usize {
-        self.offline.depth()
-    }
-
     pub fn sweep(&self) {
         self.offline.sweep();
     }

@@ -210,14 +210,6 @@ impl Bus {
         }
     }
 
-    /// Messages waiting in offline queues known to this instance.
-    pub fn offline_depth(&self) -> usize {
-        match self {
-            Bus::Memory(b) => b.offline_depth(),
-            Bus::Redis(b) => b.offline_depth(),
-        }
-    }
-
     /// Periodic housekeeping (expired offline messages).
     pub fn sweep(&self) {
         match self {

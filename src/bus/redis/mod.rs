@@ -323,10 +323,6 @@ impl RedisBus {
         self.shared.is_ready()
     }
 
-    pub fn offline_depth(&self) -> usize {
-        self.shared.outbox.len()
-    }
-
     /// Stops the background tasks, writes what the outbox holds, removes
     /// this instance's registry entry, routes and presence (publishing
     /// `left` where users vanish), and closes the connections.
