@@ -419,6 +419,13 @@ impl Redis {
     }
 
     pub async fn start_on(port: u16) -> Redis {
+        Self::spawn(port, &["--appendonly", "no"]).await
+    }
+
+    /// Starts `redis-server` on `port` with `extra` settings (nothing is
+    /// saved by RDB) and waits until it answers PING, which it does only
+    /// once any append-only file is loaded.
+    async fn spawn(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -427,23 +434,23 @@ impl Redis {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn redis-server (is it installed? scripts/test installs it)");
+        let redis = Redis { child, port };
         let deadline = tokio::time::Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while redis.cli(&["PING"]).trim() != "PONG" {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "redis did not start"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Redis { child, port }
+        redis
     }
 
     pub fn url(&self) -> String {
@@ -488,33 +495,18 @@ impl Redis {
     /// `dir` loses nothing that was acknowledged.
     pub async fn start_persistent_on(port: u16, dir: &std::path::Path) -> Redis {
         std::fs::create_dir_all(dir).expect("redis dir");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn redis-server");
-        let redis = Redis { child, port };
-        let deadline = tokio::time::Instant::now() + WAIT;
-        // PING answers PONG only once the append-only file is loaded.
-        while redis.cli(&["PING"]).trim() != "PONG" {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        redis
+        let dir = dir.to_string_lossy().to_string();
+        Self::spawn(
+            port,
+            &[
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                &dir,
+            ],
+        )
+        .await
     }
 }
