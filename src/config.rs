@@ -165,10 +165,6 @@ pub struct ServeArgs {
     /// joined/left are broadcast only in rooms of at most this many users (0: never).
     #[arg(long, env = "ROOMCAST_PRESENCE_EVENTS_MAX", default_value_t = 1000)]
     pub presence_events_max: u64,
-    /// Bytes of the per-connection WebSocket read buffer, allocated for every
-    /// connection; larger frames are read in several steps.
-    #[arg(long, env = "ROOMCAST_READ_BUFFER_BYTES", default_value_t = 512)]
-    pub read_buffer_bytes: usize,
 }
 
 #[derive(Debug, Error)]
@@ -299,7 +295,6 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     pub slow_consumer: SlowConsumerPolicy,
     pub ping_interval: Duration,
-    pub read_buffer_bytes: usize,
     pub presence_events_max: u64,
 }
 
@@ -369,7 +364,6 @@ impl TryFrom<ServeArgs> for Config {
             ));
         }
         positive("ping-interval-ms", a.ping_interval_ms)?;
-        positive("read-buffer-bytes", a.read_buffer_bytes as u64)?;
         if a.jwt_secret.is_none() && a.jwt_public_key.is_none() && !a.allow_anonymous {
             return Err(ConfigError::Invalid(
                 "no way to authenticate: set ROOMCAST_JWT_SECRET, --jwt-public-key, or --allow-anonymous for development".into(),
@@ -431,7 +425,6 @@ impl TryFrom<ServeArgs> for Config {
                 outbound_queue: a.outbound_queue,
                 slow_consumer: a.slow_consumer,
                 ping_interval: Duration::from_millis(a.ping_interval_ms),
-                read_buffer_bytes: a.read_buffer_bytes,
                 presence_events_max: a.presence_events_max,
             },
             offline: OfflineConfig {

@@ -3,35 +3,30 @@
 //! is the slow consumer's problem, never the room's.
 
 use bytes::Bytes;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 
 use crate::conn::handle::{ConnHandle, Outbound};
 use crate::metrics;
 use crate::protocol::{Codec, ServerEvent};
 use crate::registry::Registry;
+use crate::ws;
 
-/// Wraps encoded bytes in the frame type of the codec: text for JSON,
-/// binary for MessagePack.
-pub fn to_message(codec: Codec, bytes: Bytes) -> Option<Message> {
-    match codec {
-        Codec::Json => match Utf8Bytes::try_from(bytes) {
-            Ok(text) => Some(Message::Text(text)),
-            Err(e) => {
-                tracing::error!(error = %e, "JSON encoder produced invalid UTF-8");
-                None
-            }
-        },
-        Codec::MsgPack => Some(Message::Binary(bytes)),
-    }
+/// Wraps an encoded payload in a WebSocket frame of the codec's type: text
+/// for JSON, binary for MessagePack. The frame is complete, header
+/// included, so every recipient gets the very same bytes.
+pub fn to_frame(codec: Codec, payload: &[u8]) -> Bytes {
+    let op = match codec {
+        Codec::Json => ws::OP_TEXT,
+        Codec::MsgPack => ws::OP_BINARY,
+    };
+    ws::frame(op, payload)
 }
 
 /// Encodes one event for one codec into a frame.
-pub fn encode(codec: Codec, event: &ServerEvent<'_>) -> Option<Message> {
+pub fn encode(codec: Codec, event: &ServerEvent<'_>) -> Option<Bytes> {
     match codec.encode(event) {
         Ok(bytes) => {
             metrics::encoded(codec);
-            to_message(codec, bytes)
+            Some(to_frame(codec, &bytes))
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot encode event");
@@ -43,7 +38,7 @@ pub fn encode(codec: Codec, event: &ServerEvent<'_>) -> Option<Message> {
 /// The frames of one event, encoded lazily, once per codec.
 pub struct Frames<'e, 'a> {
     event: &'e ServerEvent<'a>,
-    cache: [Option<Option<Message>>; 2],
+    cache: [Option<Option<Bytes>>; 2],
 }
 
 impl<'e, 'a> Frames<'e, 'a> {
@@ -54,7 +49,7 @@ impl<'e, 'a> Frames<'e, 'a> {
         }
     }
 
-    pub fn get(&mut self, codec: Codec) -> Option<Message> {
+    pub fn get(&mut self, codec: Codec) -> Option<Bytes> {
         let event = self.event;
         self.cache[codec.index()]
             .get_or_insert_with(|| encode(codec, event))

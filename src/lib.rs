@@ -26,3 +26,4 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod ws;

@@ -3,6 +3,7 @@
 /// jemalloc instead of glibc's allocator: with many small, short-lived
 /// allocations across worker threads, glibc spent about a quarter of the
 /// server's CPU in malloc and free (direct messages in cluster mode).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -19,7 +20,7 @@ use roomcast::config::{self, Command, Config, LogFormat};
 use roomcast::node::Node;
 use roomcast::offline::MemoryOffline;
 use roomcast::registry::Registry;
-use roomcast::{metrics, server, shutdown};
+use roomcast::{conn, metrics, server, shutdown};
 
 fn main() -> anyhow::Result<()> {
     let cli = config::parse_cli()?;
@@ -91,12 +92,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // The one line on stdout: scripts and tests wait for it.
     println!("listening {addr}");
 
-    let stop = node.shutdown.clone();
-    let http = tokio::spawn(
-        axum::serve(listener, server::router(node.clone()))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .into_future(),
-    );
+    tokio::spawn(conn::keepalive(node.clone()));
+    let http = tokio::spawn(server::serve(
+        listener,
+        server::router(node.clone()),
+        node.shutdown.clone(),
+    ));
 
     shutdown::signal().await;
     let deadline = tokio::time::Instant::now() + node.config.shutdown.deadline;

@@ -3,20 +3,20 @@
 //! `/health`, `/ready` and `/metrics`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tracing::Instrument;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Identity};
 use crate::conn::{self, Accepted};
@@ -24,8 +24,43 @@ use crate::metrics;
 use crate::node::Node;
 use crate::protocol::Codec;
 
-/// Bytes gathered before a write reaches the socket ahead of the flush.
-const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 on `listener` until `stop`. Each connection is served
+/// by hyper directly on the TCP stream, so an upgraded connection hands
+/// the bare stream to [`conn::serve`].
+pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.cancelled() => return,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors, typically: back off briefly
+                // instead of spinning on the error.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades()
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        });
+    }
+}
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -184,16 +219,9 @@ async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
         batch,
         slot,
     };
-    let ws_config = ws_config(&node);
-    let span = tracing::info_span!(
-        "conn",
-        conn = conn_id,
-        user = %accepted.identity.user,
-        instance = %node.instance_id()
-    );
-    let pending = Box::new((on_upgrade, ws_config, accepted));
+    tracing::debug!(conn = conn_id, user = %accepted.identity.user, "upgrading");
     node.tracker
-        .spawn(upgraded(node.clone(), pending).instrument(span));
+        .spawn(upgraded(node.clone(), on_upgrade, Box::new(accepted)));
 
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -215,16 +243,20 @@ async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
 /// Finishes the upgrade, then hands the connection to a task of its own:
 /// the handshake's state is large and would otherwise stay reserved in the
 /// future of every connection for its whole life.
-async fn upgraded(node: Arc<Node>, pending: Box<(OnUpgrade, WebSocketConfig, Accepted)>) {
-    let (on_upgrade, ws_config, accepted) = *pending;
+async fn upgraded(node: Arc<Node>, on_upgrade: OnUpgrade, accepted: Box<Accepted>) {
     match on_upgrade.await {
-        Ok(upgraded) => {
-            let io = TokioIo::new(upgraded);
-            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-            let serve = conn::serve(node.clone(), ws.split(), Box::new(accepted));
-            node.tracker
-                .spawn(serve.instrument(tracing::Span::current()));
-        }
+        Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let serve = conn::serve(
+                    node.clone(),
+                    parts.io.into_inner(),
+                    parts.read_buf,
+                    accepted,
+                );
+                node.tracker.spawn(serve);
+            }
+            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+        },
         Err(e) => tracing::debug!(error = %e, "upgrade failed"),
     }
 }
@@ -252,16 +284,4 @@ pub async fn listen(addr: &str, backlog: u32) -> std::io::Result<tokio::net::Tcp
             "address resolved to nothing",
         )
     }))
-}
-
-fn ws_config(node: &Node) -> WebSocketConfig {
-    let limits = &node.config.limits;
-    WebSocketConfig::default()
-        .read_buffer_size(limits.read_buffer_bytes)
-        // Frames are fed and then flushed once, so let them gather; the
-        // buffer only grows for connections that actually receive bursts.
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(Some(limits.max_message_bytes))
-        .max_frame_size(Some(limits.max_message_bytes))
 }

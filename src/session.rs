@@ -218,7 +218,6 @@ mod tests {
             outbound_queue: 8,
             slow_consumer: crate::config::SlowConsumerPolicy::Drop,
             ping_interval: Duration::from_secs(1),
-            read_buffer_bytes: 4096,
             presence_events_max: 1000,
         }
     }

@@ -1,12 +1,15 @@
 //! The handle the rest of the server holds for one connection: its identity,
-//! codec, its bounded outbound queue, and its kill switch.
+//! codec, its bounded outbound queue, its kill switch and when the client
+//! was last heard from.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::Context;
+use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 
 use crate::config::SlowConsumerPolicy;
 use crate::metrics;
@@ -18,11 +21,12 @@ pub type ConnId = u64;
 /// One item of a connection's outbound queue.
 #[derive(Debug)]
 pub enum Outbound {
-    /// An encoded frame, shared with every other recipient of the same event.
-    Frame(Message),
+    /// A complete WebSocket frame (see [`crate::ws::frame`]), shared with
+    /// every other recipient of the same event.
+    Frame(Bytes),
     /// Offline messages for the connection's user; once written and flushed,
     /// the queue entries up to `upto` are removed from the offline store.
-    Queued { frames: Vec<Message>, upto: u64 },
+    Queued { frames: Vec<Bytes>, upto: u64 },
     /// A keepalive ping.
     Ping,
     /// Close after everything queued before it was written.
@@ -40,15 +44,13 @@ pub enum PushError {
 
 /// The bounded outbound queue. A plain deque under a mutex rather than a
 /// channel: an idle connection's empty deque allocates nothing (a channel
-/// allocates a block of slots up front), and the writer takes everything
-/// ready in one lock. The lock is held only to push or swap, never across
-/// an await.
+/// allocates a block of slots up front), and the connection task takes
+/// everything ready in one lock. The lock is held only to push or swap,
+/// never across an await.
 pub struct Outbox {
     queue: Mutex<VecDeque<Outbound>>,
-    /// Wakes the writer; a notification sent while it is busy is kept.
-    ready: Notify,
     capacity: usize,
-    /// Set when the writer has stopped: later pushes fail at once.
+    /// Set when the connection task has stopped: later pushes fail at once.
     closed: AtomicBool,
 }
 
@@ -58,11 +60,6 @@ impl Outbox {
         if let Ok(mut q) = self.queue.lock() {
             std::mem::swap(&mut *q, into);
         }
-    }
-
-    /// Waits until something was pushed since the last wait.
-    pub async fn ready(&self) {
-        self.ready.notified().await;
     }
 
     /// Refuses further pushes and frees what is queued.
@@ -80,17 +77,24 @@ pub struct ConnHandle {
     pub user: Arc<str>,
     pub codec: Codec,
     pub outbox: Outbox,
-    /// Cancelled when the connection must stop at once; both the reader and
-    /// the writer select on it.
-    /// Set when the connection must stop at once; the reader and a blocked
-    /// writer wait on `kill_notify`. An atomic flag rather than a
-    /// cancellation token: the writer checks it on every wake-up, and a
-    /// token's check takes a lock.
+    /// Wakes the connection task: a push, a kill.
+    waker: AtomicWaker,
+    /// Set when the connection must stop at once. An atomic flag rather
+    /// than a cancellation token: the task checks it on every wake-up, and
+    /// a token's check takes a lock.
     killed: AtomicBool,
-    kill_notify: Notify,
     /// The close code to send when killed; 0 until set, first setter wins.
     close_code: AtomicU16,
+    /// When a frame last arrived from the client, in ms since [`EPOCH`].
+    last_seen: AtomicU64,
     policy: SlowConsumerPolicy,
+}
+
+/// The origin of [`ConnHandle`]'s clock.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
 }
 
 impl std::fmt::Debug for ConnHandle {
@@ -117,13 +121,13 @@ impl ConnHandle {
             codec,
             outbox: Outbox {
                 queue: Mutex::new(VecDeque::new()),
-                ready: Notify::new(),
                 capacity: queue,
                 closed: AtomicBool::new(false),
             },
+            waker: AtomicWaker::new(),
             killed: AtomicBool::new(false),
-            kill_notify: Notify::new(),
             close_code: AtomicU16::new(0),
+            last_seen: AtomicU64::new(now_ms()),
             policy,
         })
     }
@@ -141,7 +145,7 @@ impl ConnHandle {
             }
             q.push_back(item);
         }
-        self.outbox.ready.notify_one();
+        self.waker.wake();
         Ok(())
     }
 
@@ -175,22 +179,23 @@ impl ConnHandle {
             self.close_code
                 .compare_exchange(0, code.code(), Ordering::Relaxed, Ordering::Relaxed);
         self.killed.store(true, Ordering::Release);
-        self.kill_notify.notify_waiters();
-        // Wakes an idle writer, which checks the flag on every wake-up.
-        self.outbox.ready.notify_one();
+        self.waker.wake();
     }
 
-    /// Resolves once the connection was killed.
-    pub async fn killed(&self) {
-        loop {
-            let notified = self.kill_notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_killed() {
-                return;
-            }
-            notified.await;
-        }
+    /// Makes the next push or kill wake the task polling with `cx`. Call
+    /// before looking at the queue and the kill flag, so nothing is missed.
+    pub fn register(&self, cx: &Context<'_>) {
+        self.waker.register(cx.waker());
+    }
+
+    /// Notes that the client was just heard from.
+    pub fn seen(&self) {
+        self.last_seen.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long ago the client was last heard from.
+    pub fn silent_for(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.last_seen.load(Ordering::Relaxed)))
     }
 
     pub fn is_killed(&self) -> bool {

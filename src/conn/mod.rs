@@ -1,21 +1,21 @@
-//! One WebSocket connection: the reader loop (this file), the writer task
-//! ([`writer`]) and the handle everyone else holds ([`handle`]).
+//! One WebSocket connection, served by one task: the socket side
+//! ([`socket`]), the handle everyone else holds ([`handle`]), and the
+//! request loop (this file).
 //!
-//! The reader runs the connection's requests one at a time, in order, so a
-//! client's messages keep their order through the server.
+//! Requests run one at a time, in order, so a client's messages keep their
+//! order through the server; queued frames keep being written while a
+//! request waits on the bus.
 
 pub mod handle;
-pub mod writer;
+pub mod socket;
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::StreamExt;
-use futures_util::stream::{SplitSink, SplitStream};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio::net::TcpStream;
 
 use crate::auth::Identity;
 use crate::bus::SendOutcome;
@@ -27,6 +27,7 @@ use crate::protocol::{CloseCode, Codec, ServerEvent};
 use crate::registry::scoped;
 use crate::session::{Command, Refusal, Session};
 use handle::{ConnHandle, ConnId, Outbound};
+use socket::{Ending, Event, Socket};
 
 /// What the HTTP side settled before the upgrade.
 pub struct Accepted {
@@ -37,17 +38,17 @@ pub struct Accepted {
     pub slot: ConnSlot,
 }
 
-/// Serves one upgraded connection until it closes.
-pub async fn serve<S>(
+/// A request being run; it hands the session back when done.
+type Running<'a> = Pin<Box<dyn Future<Output = Session> + Send + 'a>>;
+
+/// Serves one upgraded connection until it closes. `early` holds bytes the
+/// client sent right behind its upgrade request.
+pub async fn serve(
     node: Arc<Node>,
-    (sink, mut stream): (
-        SplitSink<WebSocketStream<S>, Message>,
-        SplitStream<WebSocketStream<S>>,
-    ),
+    stream: TcpStream,
+    early: bytes::Bytes,
     accepted: Box<Accepted>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let Accepted {
         id,
         identity,
@@ -76,66 +77,78 @@ pub async fn serve<S>(
             batch,
         },
     );
-    if let Err(e) = node.bus.attach(&handle).await {
-        tracing::warn!(error = %e, "cannot register connection");
+    // Boxed, like every await below whose state is large: an idle
+    // connection's task should carry only what it needs while idle.
+    if let Err(e) = Box::pin(node.bus.attach(&handle)).await {
+        tracing::warn!(conn = id, error = %e, "cannot register connection");
         handle.close(CloseCode::InternalError);
     }
-    // The writer starts only now: a client that has read `welcome` is
-    // registered, so a direct message sent to it from then on reaches it.
-    let writer = tokio::spawn(writer::run(sink, handle.clone(), node.clone(), batch));
+    // Nothing is written before this point: a client that has read
+    // `welcome` is registered, so a direct message sent to it from then on
+    // reaches it.
+    let socket = Socket::new(stream, &early, limits.max_message_bytes, codec, batch);
+    let (socket, ending) = run_socket(&node, &handle, socket, identity).await;
 
-    let mut session = Session::new(identity, limits, Instant::now());
-    let ping_every = limits.ping_interval;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    let mut last_seen = Instant::now();
-    loop {
-        // Checked on every turn: a client that floods frames keeps
-        // `stream.next()` ready, and the select below prefers it.
-        if handle.is_killed() {
-            break;
-        }
-        let frame = tokio::select! {
-            biased;
-            frame = stream.next() => frame,
-            _ = handle.killed() => break,
-            _ = ping.tick() => {
-                if last_seen.elapsed() > ping_every * 2 {
-                    handle.close(CloseCode::KeepaliveTimeout);
-                    break;
-                }
-                let _ = handle.push(Outbound::Ping);
-                continue;
-            }
-        };
-        let msg = match frame {
-            None => break,
-            Some(Ok(msg)) => msg,
-            Some(Err(WsError::Capacity(_))) => {
-                handle.close(CloseCode::MessageTooBig);
-                break;
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "read ended");
-                break;
-            }
-        };
-        last_seen = Instant::now();
-        let bytes = match &msg {
-            Message::Text(t) => t.as_bytes(),
-            Message::Binary(b) => &b[..],
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-        };
-        // Boxed: the request's future is large and only lives while one
-        // runs; inline, every idle connection would carry its size.
-        Box::pin(handle_frame(&node, &handle, &mut session, bytes)).await;
-    }
-
-    node.disconnect(&handle).await;
+    Box::pin(node.disconnect(&handle)).await;
     handle.close(CloseCode::GoingAway);
-    let _ = writer.await;
+    handle.outbox.shut();
+    // The client's own close is echoed; the server's closes are counted
+    // and wait for the client to close its side.
+    let (code, ours) = match ending {
+        Ending::Killed => (handle.close_code(), true),
+        Ending::Queued(code) => (Some(code), true),
+        Ending::PeerClosed(code) => (Some(code.unwrap_or(1000)), false),
+        Ending::BadFrames(e) => (Some(e.close_code()), true),
+        Ending::Gone => (None, false),
+    };
+    if let (Some(code), true) = (code, ours) {
+        metrics::closed_with(code);
+    }
+    Box::pin(socket.close(code, ours)).await;
     metrics::connection_closed();
     drop(slot);
+}
+
+/// The connection's loop: requests in, queued frames out, until it ends.
+async fn run_socket(
+    node: &Node,
+    handle: &Arc<ConnHandle>,
+    mut socket: Socket,
+    identity: Identity,
+) -> (Socket, Ending) {
+    let mut session = Some(Session::new(identity, &node.config.limits, Instant::now()));
+    let mut running: Option<Running<'_>> = None;
+    loop {
+        let event = std::future::poll_fn(|cx| {
+            if let Some(request) = running.as_mut()
+                && let std::task::Poll::Ready(s) = request.as_mut().poll(cx)
+            {
+                session = Some(s);
+                running = None;
+            }
+            socket.poll_event(cx, handle, running.is_some())
+        })
+        .await;
+        match event {
+            Event::Request(bytes) => {
+                // `poll_event` holds requests back while one runs, so the
+                // session is always here.
+                let Some(mut s) = session.take() else {
+                    continue;
+                };
+                running = Some(Box::pin(async move {
+                    handle_frame(node, handle, &mut s, &bytes).await;
+                    s
+                }));
+            }
+            Event::Written(acks) => {
+                for upto in acks {
+                    Box::pin(node.bus.offline_written(&handle.user, upto)).await;
+                }
+            }
+            Event::End(ending) => return (socket, ending),
+        }
+    }
 }
 
 async fn handle_frame(node: &Node, conn: &Arc<ConnHandle>, session: &mut Session, bytes: &[u8]) {
@@ -245,5 +258,25 @@ fn op_index(op: &ClientOp) -> usize {
         ClientOp::Send { .. } => 3,
         ClientOp::Presence { .. } => 4,
         ClientOp::Ping => 5,
+    }
+}
+
+/// Keepalive for every connection of the instance, from one task: each
+/// interval, a connection silent for two intervals is closed with 4001 and
+/// every other one is pinged. One sweep costs far less than a timer per
+/// connection, which idle connections would each carry.
+pub async fn keepalive(node: Arc<Node>) {
+    let every = node.config.limits.ping_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for conn in node.registry.all_conns() {
+            if conn.silent_for() > every * 2 {
+                conn.close(CloseCode::KeepaliveTimeout);
+            } else {
+                let _ = conn.push(Outbound::Ping);
+            }
+        }
     }
 }
