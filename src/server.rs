@@ -247,12 +247,12 @@ async fn upgraded(node: Arc<Node>, on_upgrade: OnUpgrade, accepted: Box<Accepted
     match on_upgrade.await {
         Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let serve = conn::serve(
-                    node.clone(),
-                    parts.io.into_inner(),
-                    parts.read_buf,
-                    accepted,
-                );
+                // Copied out: `read_buf` shares hyper's whole read buffer
+                // (8 KiB), which would otherwise live as long as the
+                // connection. Usually it is empty and nothing is allocated.
+                let early = parts.read_buf.to_vec();
+                drop(parts.read_buf);
+                let serve = conn::serve(node.clone(), parts.io.into_inner(), early, *accepted);
                 node.tracker.spawn(serve);
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),

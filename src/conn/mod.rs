@@ -43,19 +43,24 @@ type Running<'a> = Pin<Box<dyn Future<Output = Session> + Send + 'a>>;
 
 /// Serves one upgraded connection until it closes. `early` holds bytes the
 /// client sent right behind its upgrade request.
-pub async fn serve(
+///
+/// The setup runs here, before the returned future is spawned, so that
+/// future holds only what the connection needs for its whole life (an
+/// async fn would also keep its arguments and setup locals in the state
+/// every idle connection carries).
+pub fn serve(
     node: Arc<Node>,
     stream: TcpStream,
-    early: bytes::Bytes,
-    accepted: Box<Accepted>,
-) {
+    early: Vec<u8>,
+    accepted: Accepted,
+) -> impl Future<Output = ()> + Send {
     let Accepted {
         id,
         identity,
         codec,
         batch,
         slot,
-    } = *accepted;
+    } = accepted;
     let limits = &node.config.limits;
     let user_key = scoped(&identity.tenant, &identity.user);
     let handle = ConnHandle::new(
@@ -66,7 +71,6 @@ pub async fn serve(
         limits.slow_consumer,
     );
     metrics::connection_opened();
-
     reply(
         &handle,
         &ServerEvent::Welcome {
@@ -77,53 +81,54 @@ pub async fn serve(
             batch,
         },
     );
-    // Boxed, like every await below whose state is large: an idle
-    // connection's task should carry only what it needs while idle.
-    if let Err(e) = Box::pin(node.bus.attach(&handle)).await {
-        tracing::warn!(conn = id, error = %e, "cannot register connection");
-        handle.close(CloseCode::InternalError);
-    }
-    // Nothing is written before this point: a client that has read
-    // `welcome` is registered, so a direct message sent to it from then on
-    // reaches it.
-    let socket = Socket::new(stream, &early, limits.max_message_bytes, codec, batch);
-    let (socket, ending) = run_socket(&node, &handle, socket, identity).await;
+    let mut socket = Socket::new(stream, &early, limits.max_message_bytes, codec, batch);
+    let mut session = Some(Session::new(identity, limits, Instant::now()));
+    async move {
+        // Boxed, like every await here whose state is large.
+        if let Err(e) = Box::pin(node.bus.attach(&handle)).await {
+            tracing::warn!(conn = handle.id, error = %e, "cannot register connection");
+            handle.close(CloseCode::InternalError);
+        }
+        // Nothing is written before this point: a client that has read
+        // `welcome` is registered, so a direct message sent to it from
+        // then on reaches it.
+        let ending = run_socket(&node, &handle, &mut socket, &mut session).await;
 
-    Box::pin(node.disconnect(&handle)).await;
-    handle.close(CloseCode::GoingAway);
-    handle.outbox.shut();
-    // The client's own close is echoed; the server's closes are counted
-    // and wait for the client to close its side.
-    let (code, ours) = match ending {
-        Ending::Killed => (handle.close_code(), true),
-        Ending::Queued(code) => (Some(code), true),
-        Ending::PeerClosed(code) => (Some(code.unwrap_or(1000)), false),
-        Ending::BadFrames(e) => (Some(e.close_code()), true),
-        Ending::Gone => (None, false),
-    };
-    if let (Some(code), true) = (code, ours) {
-        metrics::closed_with(code);
+        Box::pin(node.disconnect(&handle)).await;
+        handle.close(CloseCode::GoingAway);
+        handle.outbox.shut();
+        // The client's own close is echoed; the server's closes are
+        // counted and wait for the client to close its side.
+        let (code, ours) = match ending {
+            Ending::Killed => (handle.close_code(), true),
+            Ending::Queued(code) => (Some(code), true),
+            Ending::PeerClosed(code) => (Some(code.unwrap_or(1000)), false),
+            Ending::BadFrames(e) => (Some(e.close_code()), true),
+            Ending::Gone => (None, false),
+        };
+        if let (Some(code), true) = (code, ours) {
+            metrics::closed_with(code);
+        }
+        Box::pin(socket.close(code, ours)).await;
+        metrics::connection_closed();
+        drop(slot);
     }
-    Box::pin(socket.close(code, ours)).await;
-    metrics::connection_closed();
-    drop(slot);
 }
 
 /// The connection's loop: requests in, queued frames out, until it ends.
-async fn run_socket(
-    node: &Node,
-    handle: &Arc<ConnHandle>,
-    mut socket: Socket,
-    identity: Identity,
-) -> (Socket, Ending) {
-    let mut session = Some(Session::new(identity, &node.config.limits, Instant::now()));
-    let mut running: Option<Running<'_>> = None;
+async fn run_socket<'a>(
+    node: &'a Node,
+    handle: &'a Arc<ConnHandle>,
+    socket: &mut Socket,
+    session: &mut Option<Session>,
+) -> Ending {
+    let mut running: Option<Running<'a>> = None;
     loop {
         let event = std::future::poll_fn(|cx| {
             if let Some(request) = running.as_mut()
                 && let std::task::Poll::Ready(s) = request.as_mut().poll(cx)
             {
-                session = Some(s);
+                *session = Some(s);
                 running = None;
             }
             socket.poll_event(cx, handle, running.is_some())
@@ -146,7 +151,7 @@ async fn run_socket(
                     Box::pin(node.bus.offline_written(&handle.user, upto)).await;
                 }
             }
-            Event::End(ending) => return (socket, ending),
+            Event::End(ending) => return ending,
         }
     }
 }

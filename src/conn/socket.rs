@@ -28,9 +28,6 @@ const READ_CHUNK: usize = 4096;
 /// Frames handed to the kernel per vectored write.
 const WRITE_SLICES: usize = 64;
 
-/// Queue capacity (items) a connection keeps between bursts.
-const IDLE_CAPACITY: usize = 16;
-
 /// How long the close frame may take to reach the peer, and how long the
 /// peer then has to close its side.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -151,7 +148,11 @@ impl Socket {
             if let Some(e) = self.bad_early.take() {
                 return Poll::Ready(Event::End(Ending::BadFrames(e)));
             }
-            match self.incoming.pop_front() {
+            let next = self.incoming.pop_front();
+            if self.incoming.is_empty() && self.incoming.capacity() > 0 {
+                self.incoming = VecDeque::new();
+            }
+            match next {
                 Some(Incoming::Text(b) | Incoming::Binary(b)) => {
                     return Poll::Ready(Event::Request(b));
                 }
@@ -206,9 +207,9 @@ impl Socket {
                 }
             }
         }
-        if self.items.capacity() > IDLE_CAPACITY {
-            self.items = VecDeque::new();
-        }
+        // Idle connections keep no buffers: these deques are allocated
+        // again on the next message, which costs less than keeping them.
+        self.items = VecDeque::new();
         if data.is_empty() {
             self.welcomed = true;
             return;
@@ -247,7 +248,7 @@ impl Socket {
             };
             self.advance(n);
         }
-        if self.out.capacity() > IDLE_CAPACITY {
+        if self.out.capacity() > 0 {
             self.out = VecDeque::new();
         }
         Poll::Ready(Ok(()))
