@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Pending TCP connections the kernel queues before accepting.
     #[arg(long, env = "ROOMCAST_LISTEN_BACKLOG", default_value_t = 4096)]
     pub listen_backlog: u32,
+    /// Runtime worker threads; 0 uses one per CPU core. With one instance
+    /// per core, 1 saves the cost of waking threads across cores.
+    #[arg(long, env = "ROOMCAST_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// Redis URL for cluster mode; unset runs standalone.
     #[arg(long, env = "ROOMCAST_REDIS_URL")]
     pub redis: Option<String>,
@@ -266,6 +270,8 @@ fn file_flags(path: &PathBuf) -> Result<Vec<String>, ConfigError> {
 pub struct Config {
     pub listen: String,
     pub listen_backlog: u32,
+    /// 0: one per CPU core.
+    pub worker_threads: usize,
     pub instance_id: String,
     pub log_format: LogFormat,
     pub auth: AuthConfig,
@@ -401,6 +407,7 @@ impl TryFrom<ServeArgs> for Config {
         Ok(Config {
             listen: a.listen,
             listen_backlog: a.listen_backlog,
+            worker_threads: a.worker_threads,
             instance_id,
             log_format: a.log_format,
             auth: AuthConfig {

@@ -27,10 +27,12 @@ fn main() -> anyhow::Result<()> {
     let Command::Serve(args) = cli.command;
     let config = Config::try_from(*args)?;
     init_tracing(config.log_format);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(serve(config))
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    runtime.build()?.block_on(serve(config))
 }
 
 fn init_tracing(format: LogFormat) {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use tokio::net::TcpStream;
 
 use crate::config::SlowConsumerPolicy;
 use crate::metrics;
@@ -27,6 +28,9 @@ pub enum Outbound {
     /// Offline messages for the connection's user; once written and flushed,
     /// the queue entries up to `upto` are removed from the offline store.
     Queued { frames: Vec<Bytes>, upto: u64 },
+    /// The unwritten rest of a frame a pusher began writing itself; it
+    /// goes out first, as is, and never joins a batch.
+    Rest(Bytes),
     /// A keepalive ping.
     Ping,
     /// Close after everything queued before it was written.
@@ -45,28 +49,62 @@ pub enum PushError {
 /// The bounded outbound queue. A plain deque under a mutex rather than a
 /// channel: an idle connection's empty deque allocates nothing (a channel
 /// allocates a block of slots up front), and the connection task takes
-/// everything ready in one lock. The lock is held only to push or swap,
-/// never across an await.
+/// everything ready in one lock. The lock is held only to push, swap or
+/// make one non-blocking write, never across an await.
+///
+/// Direct writes: when the queue is empty and the connection task has
+/// nothing left to write, a pusher writes the frame to the socket itself,
+/// under the lock, and the task is not woken at all. Whoever writes holds
+/// the lock or has set `writing` under it, so bytes never interleave.
 pub struct Outbox {
-    queue: Mutex<VecDeque<Outbound>>,
+    queue: Mutex<Queue>,
     capacity: usize,
-    /// Set when the connection task has stopped: later pushes fail at once.
-    closed: AtomicBool,
+}
+
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// The connection task owns the socket's write side: it took items it
+    /// has not finished writing, or has not started yet.
+    writing: bool,
+    /// Set when the connection task has stopped: pushes fail at once.
+    closed: bool,
+    /// The socket, for direct writes; `None` until the task starts and
+    /// after it stops.
+    stream: Option<Arc<TcpStream>>,
 }
 
 impl Outbox {
     /// Moves every queued item into `into` (which must be empty), in order.
+    /// The task calls this only once everything it took before is written,
+    /// so an empty take hands the write side back to pushers.
     pub fn take_all(&self, into: &mut VecDeque<Outbound>) {
         if let Ok(mut q) = self.queue.lock() {
-            std::mem::swap(&mut *q, into);
+            std::mem::swap(&mut q.items, into);
+            q.writing = !into.is_empty();
         }
     }
 
-    /// Refuses further pushes and frees what is queued.
-    pub fn shut(&self) {
-        self.closed.store(true, Ordering::Release);
+    /// Takes the write side for the task (to write a frame of its own).
+    pub fn claim(&self) {
         if let Ok(mut q) = self.queue.lock() {
-            *q = VecDeque::new();
+            q.writing = true;
+        }
+    }
+
+    /// Lets pushers write to `stream` directly once the task has written
+    /// what it took.
+    pub fn set_stream(&self, stream: Arc<TcpStream>) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.stream = Some(stream);
+        }
+    }
+
+    /// Refuses further pushes, frees what is queued and gives up the socket.
+    pub fn shut(&self) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.closed = true;
+            q.items = VecDeque::new();
+            q.stream = None;
         }
     }
 }
@@ -88,6 +126,21 @@ pub struct ConnHandle {
     /// When a frame last arrived from the client, in ms since [`EPOCH`].
     last_seen: AtomicU64,
     policy: SlowConsumerPolicy,
+}
+
+/// Writes `frame` to the socket without waiting; what could not be written
+/// comes back as the item to queue (`None`: all of it went out).
+fn write_now(stream: Option<&TcpStream>, frame: Bytes) -> Option<Outbound> {
+    let Some(stream) = stream else {
+        return Some(Outbound::Frame(frame));
+    };
+    match stream.try_write(&frame) {
+        Ok(n) if n == frame.len() => None,
+        Ok(0) => Some(Outbound::Frame(frame)),
+        Ok(n) => Some(Outbound::Rest(frame.slice(n..))),
+        // Full socket or an error: the task writes it (and meets the error).
+        Err(_) => Some(Outbound::Frame(frame)),
+    }
 }
 
 /// The origin of [`ConnHandle`]'s clock.
@@ -120,9 +173,13 @@ impl ConnHandle {
             user,
             codec,
             outbox: Outbox {
-                queue: Mutex::new(VecDeque::new()),
+                queue: Mutex::new(Queue {
+                    items: VecDeque::new(),
+                    writing: true,
+                    closed: false,
+                    stream: None,
+                }),
                 capacity: queue,
-                closed: AtomicBool::new(false),
             },
             waker: AtomicWaker::new(),
             killed: AtomicBool::new(false),
@@ -133,17 +190,26 @@ impl ConnHandle {
     }
 
     fn try_push(&self, item: Outbound) -> Result<(), PushError> {
-        if self.outbox.closed.load(Ordering::Acquire) {
-            return Err(PushError::Closed);
-        }
         {
             let Ok(mut q) = self.outbox.queue.lock() else {
                 return Err(PushError::Closed);
             };
-            if q.len() >= self.outbox.capacity {
+            if q.closed {
+                return Err(PushError::Closed);
+            }
+            let item = match item {
+                Outbound::Frame(frame) if !q.writing && q.items.is_empty() => {
+                    match write_now(q.stream.as_deref(), frame) {
+                        None => return Ok(()),
+                        Some(rest) => rest,
+                    }
+                }
+                other => other,
+            };
+            if q.items.len() >= self.outbox.capacity {
                 return Err(PushError::Full);
             }
-            q.push_back(item);
+            q.items.push_back(item);
         }
         self.waker.wake();
         Ok(())

@@ -81,6 +81,8 @@ pub fn serve(
             batch,
         },
     );
+    let stream = Arc::new(stream);
+    handle.outbox.set_stream(stream.clone());
     let mut socket = Socket::new(stream, &early, limits.max_message_bytes, codec, batch);
     let mut session = Some(Session::new(identity, limits, Instant::now()));
     async move {

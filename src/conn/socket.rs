@@ -9,12 +9,12 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::handle::{ConnHandle, Outbound};
@@ -58,7 +58,9 @@ pub enum Ending {
 }
 
 pub struct Socket {
-    stream: TcpStream,
+    /// Shared with the handle's outbox for direct writes (see
+    /// [`super::handle::Outbox`]).
+    stream: Arc<TcpStream>,
     parser: Parser,
     incoming: VecDeque<Incoming>,
     /// Scratch for taking the outbound queue in one lock.
@@ -81,7 +83,7 @@ pub struct Socket {
 impl Socket {
     /// `early` holds bytes the client sent right behind its upgrade request.
     pub fn new(
-        stream: TcpStream,
+        stream: Arc<TcpStream>,
         early: &[u8],
         max_message: usize,
         codec: Codec,
@@ -145,9 +147,6 @@ impl Socket {
             if busy {
                 return Poll::Pending;
             }
-            if let Some(e) = self.bad_early.take() {
-                return Poll::Ready(Event::End(Ending::BadFrames(e)));
-            }
             let next = self.incoming.pop_front();
             if self.incoming.is_empty() && self.incoming.capacity() > 0 {
                 self.incoming = VecDeque::new();
@@ -157,29 +156,46 @@ impl Socket {
                     return Poll::Ready(Event::Request(b));
                 }
                 Some(Incoming::Ping(p)) => {
-                    self.out.push_back(ws::frame(ws::OP_PONG, &p));
+                    // A client that pings without reading gets no more
+                    // pongs than a full write holds (RFC 6455 lets a pong
+                    // answer only the latest ping).
+                    if self.out.len() < WRITE_SLICES {
+                        // The task writes the pong itself: it takes the
+                        // write side from pushers first.
+                        conn.outbox.claim();
+                        self.out.push_back(ws::frame(ws::OP_PONG, &p));
+                    }
                     continue;
                 }
                 Some(Incoming::Pong) => continue,
                 Some(Incoming::Close(code)) => {
                     return Poll::Ready(Event::End(Ending::PeerClosed(code)));
                 }
-                None => {}
-            }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                    return Poll::Ready(Event::End(Ending::Gone));
-                }
-                Poll::Ready(Ok(())) => {
-                    conn.seen();
-                    if let Err(e) = self.parser.feed(buf.filled(), &mut self.incoming) {
+                None => {
+                    // Frames that arrived with the upgrade request come
+                    // first, then their error, if any.
+                    if let Some(e) = self.bad_early.take() {
                         return Poll::Ready(Event::End(Ending::BadFrames(e)));
                     }
                 }
+            }
+            match self.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => return Poll::Ready(Event::End(Ending::Gone)),
                 Poll::Pending => return Poll::Pending,
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            match self.stream.try_read(&mut chunk) {
+                Ok(0) => return Poll::Ready(Event::End(Ending::Gone)),
+                Ok(n) => {
+                    conn.seen();
+                    if let Err(e) = self.parser.feed(&chunk[..n], &mut self.incoming) {
+                        return Poll::Ready(Event::End(Ending::BadFrames(e)));
+                    }
+                }
+                // Readiness was stale; the next turn waits for it again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(Event::End(Ending::Gone)),
             }
         }
     }
@@ -190,6 +206,7 @@ impl Socket {
         let mut data = Vec::new();
         for item in self.items.drain(..) {
             match item {
+                Outbound::Rest(rest) => self.out.push_back(rest),
                 Outbound::Frame(f) if !self.batch => self.out.push_back(f),
                 Outbound::Frame(f) => data.push(f),
                 Outbound::Queued { frames, upto } => {
@@ -240,13 +257,14 @@ impl Socket {
                 slices[i] = IoSlice::new(&f[skip..]);
                 count += 1;
             }
-            let n = match Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..count]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            self.advance(n);
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.advance(n),
+                // Readiness was stale; the next turn waits for it again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
         if self.out.capacity() > 0 {
             self.out = VecDeque::new();
@@ -270,19 +288,25 @@ impl Socket {
     /// Ends the connection: sends the close frame for `code` (if any),
     /// then half-closes and waits briefly for the peer to close its side,
     /// so the close frame is not lost to a reset.
-    pub async fn close(mut self, code: Option<u16>, linger: bool) {
+    ///
+    /// Called after the outbox was shut, so the socket is the task's alone.
+    pub async fn close(self, code: Option<u16>, linger: bool) {
+        // A kill discards what was queued; a queued close has already
+        // written it.
+        let Ok(mut stream) = Arc::try_unwrap(self.stream) else {
+            // Still shared (it should not be): dropping the last reference
+            // closes it.
+            return;
+        };
         if let Some(code) = code {
-            // A kill discards what was queued; a queued close has already
-            // written it.
-            self.out.clear();
             let frame = ws::close_frame(code, close_reason(code));
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.write_all(&frame)).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.write_all(&frame)).await;
         }
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.shutdown()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
         if linger {
             let mut sink = [0u8; 256];
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
             })
             .await;
         }
