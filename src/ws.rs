@@ -10,6 +10,8 @@ use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::protocol::CloseCode;
+
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
 pub const OP_BINARY: u8 = 0x2;
@@ -111,11 +113,11 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    pub fn close_code(self) -> u16 {
+    pub fn close_code(self) -> CloseCode {
         match self {
-            FrameError::Protocol(_) => 1002,
-            FrameError::InvalidUtf8 => 1007,
-            FrameError::TooBig => 1009,
+            FrameError::Protocol(_) => CloseCode::ProtocolError,
+            FrameError::InvalidUtf8 => CloseCode::InvalidPayload,
+            FrameError::TooBig => CloseCode::MessageTooBig,
         }
     }
 }
@@ -401,7 +403,7 @@ mod tests {
         ];
         for (bytes, code) in cases {
             let mut p = Parser::new(1024);
-            let got = parse_all(&mut p, &bytes).map_err(FrameError::close_code);
+            let got = parse_all(&mut p, &bytes).map_err(|e| e.close_code().code());
             assert_eq!(got, Err(code), "{bytes:02x?}");
         }
     }

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use super::handle::{ConnHandle, Outbound};
 use crate::fanout;
-use crate::protocol::Codec;
+use crate::protocol::{CloseCode, Codec};
 use crate::ws::{self, FrameError, Incoming, Parser};
 
 /// Bytes read from the socket per read call.
@@ -290,16 +290,16 @@ impl Socket {
     /// so the close frame is not lost to a reset.
     ///
     /// Called after the outbox was shut, so the socket is the task's alone.
+    /// What is still in `out` is dropped: a kill discards it, and a queued
+    /// close only ends the connection once it was written.
     pub async fn close(self, code: Option<u16>, linger: bool) {
-        // A kill discards what was queued; a queued close has already
-        // written it.
         let Ok(mut stream) = Arc::try_unwrap(self.stream) else {
             // Still shared (it should not be): dropping the last reference
             // closes it.
             return;
         };
         if let Some(code) = code {
-            let frame = ws::close_frame(code, close_reason(code));
+            let frame = ws::close_frame(code, CloseCode::reason_of(code));
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.write_all(&frame)).await;
         }
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
@@ -311,20 +311,4 @@ impl Socket {
             .await;
         }
     }
-}
-
-fn close_reason(code: u16) -> &'static str {
-    use crate::protocol::CloseCode;
-    [
-        CloseCode::GoingAway,
-        CloseCode::PolicyViolation,
-        CloseCode::MessageTooBig,
-        CloseCode::InternalError,
-        CloseCode::SlowConsumer,
-        CloseCode::KeepaliveTimeout,
-        CloseCode::Kicked,
-    ]
-    .into_iter()
-    .find(|c| c.code() == code)
-    .map_or("", CloseCode::reason)
 }

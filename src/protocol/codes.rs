@@ -49,6 +49,10 @@ impl ErrorCode {
 pub enum CloseCode {
     /// 1001: the server is draining; reconnect (to another instance) now.
     GoingAway,
+    /// 1002: the client's bytes were not valid WebSocket frames.
+    ProtocolError,
+    /// 1007: a text message or close reason was not UTF-8.
+    InvalidPayload,
     /// 1008: sustained rate-limit abuse; reconnect only after backing off.
     PolicyViolation,
     /// 1009: a frame exceeded the maximum message size; do not resend it.
@@ -64,9 +68,32 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    pub const ALL: [CloseCode; 9] = [
+        CloseCode::GoingAway,
+        CloseCode::ProtocolError,
+        CloseCode::InvalidPayload,
+        CloseCode::PolicyViolation,
+        CloseCode::MessageTooBig,
+        CloseCode::InternalError,
+        CloseCode::SlowConsumer,
+        CloseCode::KeepaliveTimeout,
+        CloseCode::Kicked,
+    ];
+
+    /// The reason text sent with `code` (empty for codes the server does
+    /// not use itself).
+    pub fn reason_of(code: u16) -> &'static str {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.code() == code)
+            .map_or("", CloseCode::reason)
+    }
+
     pub fn code(self) -> u16 {
         match self {
             CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::InvalidPayload => 1007,
             CloseCode::PolicyViolation => 1008,
             CloseCode::MessageTooBig => 1009,
             CloseCode::InternalError => 1011,
@@ -79,6 +106,8 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             CloseCode::GoingAway => "server draining",
+            CloseCode::ProtocolError => "protocol error",
+            CloseCode::InvalidPayload => "invalid UTF-8",
             CloseCode::PolicyViolation => "rate limit abuse",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::InternalError => "internal error",
