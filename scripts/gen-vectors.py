@@ -15,6 +15,10 @@ both codecs:
 Object keys inside `data` are sorted, because the server holds `data` as a
 serde_json::Value whose maps are ordered by key.
 
+Refused vectors are client frames the server answers with an error (their
+`code`) that carries no id; `json` is null for a frame JSON cannot express
+(MessagePack bin).
+
 Usage:
   pip install msgpack            # jsonschema too, to check the vectors
   python3 scripts/gen-vectors.py           # rewrite proto/vectors.json
@@ -24,6 +28,7 @@ Usage:
 import argparse
 import json
 import pathlib
+import re
 import sys
 
 import msgpack
@@ -172,7 +177,7 @@ SERVER = [
         {
             "ev": "welcome",
             "conn": "2f1d0c6e-4b5a-4f3e-8d2c-1b0a9f8e7d6c:7",
-            "user": "anon-7",
+            "user": "anon-5be0c9a4-7",
             "instance": "2f1d0c6e-4b5a-4f3e-8d2c-1b0a9f8e7d6c",
             "limits": {
                 "max_message_bytes": 1048576,
@@ -226,13 +231,42 @@ SERVER = [
 ]
 
 
-def encode(direction, name, obj):
-    return {
+# Frames refused without an id: (name, frame, error code). A frame holding
+# bytes has no JSON form.
+REFUSED = [
+    ("ping_null_id", {"op": "ping", "id": None}, "bad_frame"),
+    ("join_null_id", {"op": "join", "id": None, "room": "lobby"}, "bad_frame"),
+    ("ping_bin_id", {"op": "ping", "id": b"p-5"}, "bad_frame"),
+    ("ping_negative_id", {"op": "ping", "id": -1}, "bad_frame"),
+    ("ping_float_id", {"op": "ping", "id": 1.5}, "bad_frame"),
+    ("ping_long_str_id", {"op": "ping", "id": ID_64 + "5"}, "bad_request"),
+    ("publish_bin_data", {"op": "publish", "room": "lobby", "data": b"\x00\x01"}, "bad_frame"),
+    ("frame_is_array", ["ping", 1], "bad_frame"),
+]
+
+
+def has_bytes(obj):
+    if isinstance(obj, bytes):
+        return True
+    if isinstance(obj, dict):
+        return any(has_bytes(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(has_bytes(v) for v in obj)
+    return False
+
+
+def encode(direction, name, obj, code=None):
+    vector = {
         "name": name,
         "direction": direction,
-        "json": json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False),
+        "json": None
+        if has_bytes(obj)
+        else json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False),
         "msgpack_hex": msgpack.packb(obj, use_bin_type=True).hex(),
     }
+    if code is not None:
+        vector["code"] = code
+    return vector
 
 
 def check_schema(vectors):
@@ -245,10 +279,23 @@ def check_schema(vectors):
     schema = json.loads(SCHEMA.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     for vector in vectors:
-        root = "Request" if vector["direction"] == "client" else "ServerEvent"
+        if vector["json"] is None:
+            continue
+        root = "ServerEvent" if vector["direction"] == "server" else "Request"
         sub = dict(schema, **{"$ref": f"#/$defs/{root}"})
         sub.pop("anyOf")
-        jsonschema.Draft202012Validator(sub).validate(json.loads(vector["json"]))
+        validator = jsonschema.Draft202012Validator(sub)
+        obj = json.loads(vector["json"])
+        if vector["direction"] == "refused":
+            assert not validator.is_valid(obj), f"{vector['name']}: the schema accepts it"
+        else:
+            validator.validate(obj)
+    # Anonymous users in the vectors have the documented form.
+    anon = re.compile(schema["$defs"]["AnonymousUserId"]["pattern"])
+    for vector in vectors:
+        user = json.loads(vector["json"] or "{}").get("user", "") if vector["direction"] == "server" else ""
+        if user.startswith("anon-"):
+            assert anon.search(user), f"{vector['name']}: {user} is not an AnonymousUserId"
 
 
 def main():
@@ -256,10 +303,16 @@ def main():
     parser.add_argument("--check", action="store_true", help="fail if proto/vectors.json is stale")
     args = parser.parse_args()
 
-    vectors = [encode("client", n, o) for n, o in CLIENT] + [encode("server", n, o) for n, o in SERVER]
+    vectors = (
+        [encode("client", n, o) for n, o in CLIENT]
+        + [encode("server", n, o) for n, o in SERVER]
+        + [encode("refused", n, o, code) for n, o, code in REFUSED]
+    )
     names = [v["name"] for v in vectors]
     assert len(names) == len(set(names)), "vector names must be unique"
     for vector in vectors:
+        if vector["json"] is None:
+            continue
         obj = msgpack.unpackb(bytes.fromhex(vector["msgpack_hex"]), raw=False)
         assert obj == json.loads(vector["json"]), vector["name"]
     check_schema(vectors)

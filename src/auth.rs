@@ -13,7 +13,7 @@ use crate::config::AuthConfig;
 /// Who a connection is, as proven by its token.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// The `sub` claim, or `anon-<conn>` for anonymous development use.
+    /// The `sub` claim, or `anon-<process tag>-<n>` for anonymous development use.
     pub user: Arc<str>,
     /// The `tenant` claim; empty when the token has none.
     pub tenant: Arc<str>,
@@ -30,10 +30,6 @@ impl Identity {
             roles: Vec::new(),
             rooms: None,
         }
-    }
-
-    pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
     }
 
     /// Whether the token allows joining `room`.

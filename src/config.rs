@@ -71,7 +71,7 @@ pub struct ServeArgs {
     /// This instance's id; default: a new UUID.
     #[arg(long, env = "ROOMCAST_INSTANCE_ID")]
     pub instance_id: Option<String>,
-    /// Dev only: accept connections without a token as user `anon-<conn>`.
+    /// Dev only: accept connections without a token as user `anon-<process tag>-<n>`.
     #[arg(long, env = "ROOMCAST_ALLOW_ANONYMOUS", action = ArgAction::SetTrue)]
     pub allow_anonymous: bool,
     /// Log output format.

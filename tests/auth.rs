@@ -102,10 +102,40 @@ async fn anonymous_only_with_the_dev_flag() {
     let c = Client::connect(&server.url(""), Codec::Json)
         .await
         .expect("anon");
-    match c.welcome {
-        Some(ServerEvent::Welcome { ref user, .. }) => assert!(user.starts_with("anon-"), "{user}"),
-        ref other => panic!("{other:?}"),
+    let user_of = |c: &Client| match &c.welcome {
+        Some(ServerEvent::Welcome { user, conn, .. }) => (user.to_string(), conn.to_string()),
+        other => panic!("{other:?}"),
+    };
+    // The name has the documented form (proto/schema.json), and its `n` is
+    // the connection's number on its instance, the tail of `conn`.
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/schema.json"))
+            .expect("schema"),
+    )
+    .expect("schema is JSON");
+    let pattern = schema["$defs"]["AnonymousUserId"]["pattern"]
+        .as_str()
+        .expect("schema defines AnonymousUserId");
+    let pattern = regex_lite::Regex::new(pattern).expect("a valid pattern");
+    let second = Client::connect(&server.url(""), Codec::MsgPack)
+        .await
+        .expect("anon");
+    let mut tags = Vec::new();
+    for c in [&c, &second] {
+        let (user, conn) = user_of(c);
+        assert!(pattern.is_match(&user), "{user} does not match {pattern}");
+        let (tag, n) = user["anon-".len()..]
+            .rsplit_once('-')
+            .expect("anon-<tag>-<n>");
+        assert_eq!(
+            conn.rsplit_once(':').map(|(_, n)| n),
+            Some(n),
+            "{user} on {conn}"
+        );
+        tags.push(tag.to_owned());
     }
+    assert_eq!(tags[0], tags[1], "one process tag per instance");
+    assert_ne!(user_of(&c).0, user_of(&second).0, "one name per connection");
     // A token that is present must still be valid.
     let req = server
         .url("?token=garbage")

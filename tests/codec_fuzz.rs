@@ -374,3 +374,76 @@ fn long_non_ascii_input_in_error_texts_does_not_panic() {
         }
     }
 }
+
+/// An id is an unsigned integer or a str and nothing else: null (JSON),
+/// nil and bin (MessagePack) are refused rather than taken as no id or
+/// turned into another type, so a client never waits for an answer whose
+/// id it cannot match.
+#[test]
+fn ids_of_other_types_are_bad_frames_without_id() {
+    let cases: [(Codec, &[u8]); 8] = [
+        (Codec::Json, br#"{"op":"ping","id":null}"#),
+        (Codec::Json, br#"{"op":"join","id":null,"room":"lobby"}"#),
+        (Codec::Json, br#"{"op":"ping","id":-1}"#),
+        (Codec::Json, br#"{"op":"ping","id":1.5}"#),
+        (Codec::MsgPack, b"\x82\xa2op\xa4ping\xa2id\xc0"),
+        (
+            Codec::MsgPack,
+            b"\x83\xa2op\xa4join\xa2id\xc0\xa4room\xa5lobby",
+        ),
+        (Codec::MsgPack, b"\x82\xa2op\xa4ping\xa2id\xc4\x03p-5"),
+        (Codec::MsgPack, b"\x82\xa2op\xa4ping\xa2id\xd4\x01\x02"),
+    ];
+    let mut accepted = Vec::new();
+    for (codec, bytes) in cases {
+        let rejected = match codec.decode_request(bytes) {
+            Ok(request) => {
+                accepted.push(format!("{codec:?} {}: {request:?}", hex(bytes)));
+                continue;
+            }
+            Err(e) => e.into_rejected(),
+        };
+        assert_eq!(rejected.code, ErrorCode::BadFrame, "{}", hex(bytes));
+        assert_eq!(rejected.id, None, "{}", hex(bytes));
+        assert!(rejected.text.contains("id"), "{}", rejected.text);
+    }
+    assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap_or_else(|_| hex::encode(bytes))
+}
+
+/// An id is echoed in the type it came in, whatever MessagePack width
+/// carried it: an int stays an integer, a str stays a string.
+#[test]
+fn ids_keep_their_type() {
+    let cases: [(&[u8], ReqId); 5] = [
+        (b"\x82\xa2op\xa4ping\xa2id\x05", ReqId::Num(5)),
+        (b"\x82\xa2op\xa4ping\xa2id\xd0\x05", ReqId::Num(5)),
+        (b"\x82\xa2op\xa4ping\xa2id\xcd\x01\x00", ReqId::Num(256)),
+        (b"\x82\xa2op\xa4ping\xa2id\xa15", ReqId::Str("5".into())),
+        (b"\x82\xa2op\xa4ping\xa2id\xd9\x015", ReqId::Str("5".into())),
+    ];
+    for (bytes, want) in cases {
+        let request = Codec::MsgPack.decode_request(bytes).expect("accepted");
+        assert_eq!(request.id.as_ref(), Some(&want), "{bytes:?}");
+        let pong = ServerEvent::Pong {
+            id: request.id.as_ref().map(std::borrow::Cow::Borrowed),
+        };
+        let encoded = Codec::MsgPack.encode(&pong).expect("encodes");
+        let back: serde_json::Value = Codec::MsgPack.decode(&encoded).expect("decodes");
+        let want_json = match want {
+            ReqId::Num(n) => serde_json::json!(n),
+            ReqId::Str(s) => serde_json::json!(s),
+        };
+        assert_eq!(back["id"], want_json, "{bytes:?}");
+    }
+    for (bytes, want) in [
+        (&br#"{"op":"ping","id":5}"#[..], ReqId::Num(5)),
+        (br#"{"op":"ping","id":"5"}"#, ReqId::Str("5".into())),
+    ] {
+        let request = Codec::Json.decode_request(bytes).expect("accepted");
+        assert_eq!(request.id, Some(want));
+    }
+}

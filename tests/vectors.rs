@@ -21,8 +21,12 @@ const OPS: [&str; 6] = ["join", "leave", "publish", "send", "presence", "ping"];
 struct Vector {
     name: String,
     direction: Direction,
-    json: String,
+    /// `None` only for a refused frame that JSON cannot express.
+    json: Option<String>,
     msgpack_hex: String,
+    /// The error code of a refused frame.
+    #[serde(default)]
+    code: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -30,11 +34,16 @@ struct Vector {
 enum Direction {
     Client,
     Server,
+    /// A client frame the server answers with an error without id.
+    Refused,
 }
 
 impl Vector {
     fn json(&self) -> &[u8] {
-        self.json.as_bytes()
+        self.json
+            .as_deref()
+            .unwrap_or_else(|| panic!("{}: no json", self.name))
+            .as_bytes()
     }
 
     fn msgpack(&self) -> Vec<u8> {
@@ -65,6 +74,11 @@ fn vectors(direction: Direction) -> Vec<Vector> {
         .filter(|v| v.direction == direction)
         .collect();
     assert!(!picked.is_empty(), "no {direction:?} vectors");
+    for v in &picked {
+        let refused = direction == Direction::Refused;
+        assert_eq!(v.code.is_some(), refused, "{}: code", v.name);
+        assert!(v.json.is_some() || refused, "{}: json", v.name);
+    }
     picked
 }
 
@@ -378,4 +392,55 @@ fn vectors_have_the_fields_the_schema_names() {
             assert_eq!(keys(&obj["limits"]), required(limits), "{name}: limits");
         }
     }
+}
+
+/// Refused frames get their error, never with an id, in every encoding
+/// they have; among them null and nil ids and a MessagePack bin id.
+#[test]
+fn refused_vectors_get_their_error_without_id() {
+    let mut names = BTreeSet::new();
+    for v in vectors(Direction::Refused) {
+        let code = v.code.as_deref().expect("refused vectors have a code");
+        let mut encodings = vec![(Codec::MsgPack, v.msgpack())];
+        if v.json.is_some() {
+            encodings.push((Codec::Json, v.json().to_vec()));
+            assert_same_object(&v);
+        }
+        for (codec, bytes) in encodings {
+            let rejected = match codec.decode_request(&bytes) {
+                Ok(request) => panic!("{}: {codec:?} accepts it as {request:?}", v.name),
+                Err(e) => e.into_rejected(),
+            };
+            assert_eq!(rejected.code.as_str(), code, "{}: {codec:?}", v.name);
+            assert_eq!(rejected.id, None, "{}: {codec:?}", v.name);
+        }
+        names.insert(v.name);
+    }
+    for name in ["ping_null_id", "join_null_id", "ping_bin_id"] {
+        assert!(names.contains(name), "no refused vector {name}");
+    }
+}
+
+/// Anonymous users in the vectors have the form the schema gives them,
+/// which is the form the server writes (tests/auth.rs).
+#[test]
+fn anonymous_users_in_vectors_match_the_schema() {
+    let schema = schema();
+    let pattern = schema["$defs"]["AnonymousUserId"]["pattern"]
+        .as_str()
+        .expect("schema defines AnonymousUserId");
+    let pattern = regex_lite::Regex::new(pattern).expect("a valid pattern");
+    let mut seen = 0;
+    for v in vectors(Direction::Server) {
+        let obj: Value = decode(&v, Codec::Json, v.json());
+        if let Some(user) = obj["user"].as_str().filter(|u| u.starts_with("anon-")) {
+            assert!(
+                pattern.is_match(user),
+                "{}: {user} is not {pattern}",
+                v.name
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no anonymous welcome vector");
 }

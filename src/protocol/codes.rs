@@ -63,12 +63,10 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4001: no frame or pong from the client for two keepalive intervals.
     KeepaliveTimeout,
-    /// 4002: an administrator removed this connection; do not reconnect at once.
-    Kicked,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 9] = [
+    pub const ALL: [CloseCode; 8] = [
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
         CloseCode::InvalidPayload,
@@ -77,7 +75,6 @@ impl CloseCode {
         CloseCode::InternalError,
         CloseCode::SlowConsumer,
         CloseCode::KeepaliveTimeout,
-        CloseCode::Kicked,
     ];
 
     /// The reason text sent with `code` (empty for codes the server does
@@ -99,7 +96,6 @@ impl CloseCode {
             CloseCode::InternalError => 1011,
             CloseCode::SlowConsumer => 4000,
             CloseCode::KeepaliveTimeout => 4001,
-            CloseCode::Kicked => 4002,
         }
     }
 
@@ -113,7 +109,6 @@ impl CloseCode {
             CloseCode::InternalError => "internal error",
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::KeepaliveTimeout => "keepalive timeout",
-            CloseCode::Kicked => "kicked",
         }
     }
 }

@@ -16,12 +16,56 @@ use super::codes::ErrorCode;
 pub const MAX_REQ_ID_LEN: usize = 64;
 
 /// A client-chosen request id: an unsigned integer or a short string,
-/// echoed back unchanged in the `ack` or `error` it causes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// echoed back unchanged, in the type it came in, in the answer it causes.
+/// Nothing else is an id: null, MessagePack nil and bin, negative numbers
+/// and floats are refused when decoding (`bad_frame`), never taken as no id
+/// or turned into another type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum ReqId {
     Num(u64),
     Str(String),
+}
+
+impl<'de> Deserialize<'de> for ReqId {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(ReqIdVisitor)
+    }
+}
+
+struct ReqIdVisitor;
+
+impl serde::de::Visitor<'_> for ReqIdVisitor {
+    type Value = ReqId;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an `id` that is an unsigned integer or a string (leave `id` out for none)")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ReqId, E> {
+        Ok(ReqId::Num(n))
+    }
+
+    // MessagePack may carry a non-negative integer in a signed form.
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ReqId, E> {
+        u64::try_from(n)
+            .map(ReqId::Num)
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ReqId, E> {
+        Ok(ReqId::Str(s.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, s: String) -> Result<ReqId, E> {
+        Ok(ReqId::Str(s))
+    }
+}
+
+/// Reads a present `id` field: unlike `Option`'s own impl, null is not
+/// taken as an absent id but refused like any other non-id.
+fn present_id<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<ReqId>, D::Error> {
+    ReqId::deserialize(de).map(Some)
 }
 
 /// What a client sends, before validation. Unknown fields are ignored so
@@ -30,7 +74,11 @@ pub enum ReqId {
 pub struct ClientFrame {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<ReqId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<String>,
