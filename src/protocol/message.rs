@@ -60,6 +60,15 @@ impl serde::de::Visitor<'_> for ReqIdVisitor {
     fn visit_string<E: serde::de::Error>(self, s: String) -> Result<ReqId, E> {
         Ok(ReqId::Str(s))
     }
+
+    // The two mistakes a client is likely to make get their own words.
+    fn visit_unit<E: serde::de::Error>(self) -> Result<ReqId, E> {
+        Err(E::custom("`id` is null: leave `id` out to send no id"))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<ReqId, E> {
+        Err(E::custom("`id` is MessagePack bin: send it as str"))
+    }
 }
 
 /// Reads a present `id` field: unlike `Option`'s own impl, null is not
