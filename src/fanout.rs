@@ -70,10 +70,7 @@ impl<'e, 'a> Frames<'e, 'a> {
     }
 
     /// Queues the event to each connection; returns how many took it.
-    pub fn send_to<'c>(
-        &mut self,
-        conns: impl IntoIterator<Item = &'c Arc<ConnHandle>>,
-    ) -> usize {
+    pub fn send_to<'c>(&mut self, conns: impl IntoIterator<Item = &'c Arc<ConnHandle>>) -> usize {
         let mut sent = 0;
         for conn in conns {
             if let Some(frame) = self.get(conn.codec)

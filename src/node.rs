@@ -14,9 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::bus::{Bus, BusError, DirectMessage, RoomEvent, RoomMessage, SendOutcome};
-use crate::hub::Hub;
 use crate::config::Config;
 use crate::conn::handle::{ConnHandle, ConnId};
+use crate::hub::Hub;
 use crate::protocol::ErrorCode;
 use crate::registry::{JoinError, Registry, unscoped};
 

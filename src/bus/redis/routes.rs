@@ -186,16 +186,20 @@ impl Shared {
     pub(super) async fn reassert_routes(&self) -> Result<(), RedisError> {
         let high_water = self.epochs.high_water();
         let mut result = Ok(());
-        let jobs = self.hub.users().into_iter().map(|(user, conns)| async move {
-            let token = self.hub.begin_redeliver(&user, conns);
-            let epoch = self.epochs.claim(&user);
-            let r = self.run_attach(&user, epoch).await;
-            let backlog = r.as_deref().unwrap_or_default();
-            self.hub.finish_attach(token, backlog);
-            // The user may have left while the script ran.
-            self.drop_route_if_last(&user).await;
-            r.map(|_| ())
-        });
+        let jobs = self
+            .hub
+            .users()
+            .into_iter()
+            .map(|(user, conns)| async move {
+                let token = self.hub.begin_redeliver(&user, conns);
+                let epoch = self.epochs.claim(&user);
+                let r = self.run_attach(&user, epoch).await;
+                let backlog = r.as_deref().unwrap_or_default();
+                self.hub.finish_attach(token, backlog);
+                // The user may have left while the script ran.
+                self.drop_route_if_last(&user).await;
+                r.map(|_| ())
+            });
         for r in super::sync::bounded(jobs, 64).await {
             if r.is_err() {
                 result = r;

@@ -140,10 +140,7 @@ impl Shared {
         }
         // Local rooms in large SUBSCRIBE commands first, then every room
         // through the converger (which finds most of them settled).
-        let wanted: Vec<&Arc<str>> = rooms
-            .iter()
-            .filter(|r| self.hub.has_room(r))
-            .collect();
+        let wanted: Vec<&Arc<str>> = rooms.iter().filter(|r| self.hub.has_room(r)).collect();
         for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
             let channels: Vec<String> = chunk.iter().map(|r| self.keys.room_channel(r)).collect();
             self.sub.subscribe(channels).await?;
