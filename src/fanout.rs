@@ -1,13 +1,21 @@
 //! Local delivery: an event is encoded at most once per codec and the same
-//! bytes are queued to every recipient. Nothing here awaits; a full queue
-//! is the slow consumer's problem, never the room's.
+//! bytes are queued to every recipient. No push waits and none runs under
+//! a registry lock; a full queue is the slow consumer's problem, never the
+//! room's. Big rooms are delivered by lanes so they do not hold up others.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 
+use crate::bus::RoomEvent;
 use crate::conn::handle::{ConnHandle, Outbound};
 use crate::metrics;
 use crate::protocol::{Codec, ServerEvent};
-use crate::registry::Registry;
+use crate::registry::{Registry, unscoped};
 use crate::ws;
 
 /// Wraps an encoded payload in a WebSocket frame of the codec's type: text
@@ -62,10 +70,7 @@ impl<'e, 'a> Frames<'e, 'a> {
     }
 
     /// Queues the event to each connection; returns how many took it.
-    pub fn send_to<'c>(
-        &mut self,
-        conns: impl IntoIterator<Item = &'c std::sync::Arc<ConnHandle>>,
-    ) -> usize {
+    pub fn send_to<'c>(&mut self, conns: impl IntoIterator<Item = &'c Arc<ConnHandle>>) -> usize {
         let mut sent = 0;
         for conn in conns {
             if let Some(frame) = self.get(conn.codec)
@@ -78,26 +83,126 @@ impl<'e, 'a> Frames<'e, 'a> {
     }
 }
 
-/// Delivers an event to every local member of a room.
-pub fn deliver_room(registry: &Registry, room: &str, event: &ServerEvent<'_>) -> usize {
-    let sent = registry
-        .with_room(room, |m| {
-            let mut frames = Frames::new(event);
-            let sent = frames.send_to(&m.conns);
+/// Rooms with more local members than this are delivered by a lane task
+/// (below) instead of by the caller.
+pub const LANE_MIN_MEMBERS: usize = 256;
+
+/// Members pushed between two yields of a lane task: about a millisecond of
+/// direct writes, so other rooms' deliveries and requests run in between.
+const LANE_CHUNK: usize = 256;
+
+/// Room deliveries that must not hold up the caller. A big room's fan-out
+/// costs one push (often a direct write) per member; run by a subscriber
+/// loop or a publishing connection's task, it would delay every other
+/// room and request behind it. So a room above [`LANE_MIN_MEMBERS`] gets a
+/// lane: a FIFO of its events drained by one task that yields every
+/// [`LANE_CHUNK`] members. A room's events go through its lane while the
+/// lane exists, so they keep their order; the lane ends when it is empty.
+#[derive(Default)]
+pub struct Lanes {
+    /// Lock order: this map's shard lock, then the queue's mutex (held only
+    /// to push or pop, never across a push to a connection or an await).
+    queues: DashMap<Arc<str>, Arc<Mutex<VecDeque<RoomEvent>>>>,
+    /// How many lanes exist, so small rooms skip the map while none does.
+    active: AtomicUsize,
+}
+
+impl Lanes {
+    /// Delivers a room event to every local member: at once when the room
+    /// is small, otherwise through the room's lane.
+    pub fn deliver_room(self: &Arc<Self>, registry: &Arc<Registry>, room: &str, event: &RoomEvent) {
+        let Some(members) = registry.room_members(room) else {
+            return;
+        };
+        let big = members.len() > LANE_MIN_MEMBERS;
+        if !big && self.active.load(Ordering::Acquire) == 0 {
+            deliver_to(&members, room, event);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to run a lane on (micro-benchmarks).
+            deliver_to(&members, room, event);
+            return;
+        };
+        if let Some(lane) = self.queues.get(room) {
+            if let Ok(mut q) = lane.lock() {
+                q.push_back(event.clone());
+            }
+            return;
+        }
+        if !big {
+            deliver_to(&members, room, event);
+            return;
+        }
+        match self.queues.entry(Arc::from(room)) {
+            Entry::Occupied(e) => {
+                if let Ok(mut q) = e.get().lock() {
+                    q.push_back(event.clone());
+                }
+            }
+            Entry::Vacant(v) => {
+                let room = v.key().clone();
+                v.insert(Arc::new(Mutex::new(VecDeque::from([event.clone()]))));
+                self.active.fetch_add(1, Ordering::AcqRel);
+                runtime.spawn(self.clone().drain(registry.clone(), room));
+            }
+        }
+    }
+
+    /// Runs a room's lane until it is empty.
+    async fn drain(self: Arc<Self>, registry: Arc<Registry>, room: Arc<str>) {
+        loop {
+            let next = match self.queues.entry(room.clone()) {
+                Entry::Occupied(e) => {
+                    let popped = e.get().lock().ok().and_then(|mut q| q.pop_front());
+                    if popped.is_none() {
+                        // Removed under the map's lock: a concurrent event
+                        // either got in before (and was popped) or finds no
+                        // lane and is delivered by its caller.
+                        e.remove();
+                        self.active.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    popped
+                }
+                Entry::Vacant(_) => None,
+            };
+            let Some(event) = next else {
+                return;
+            };
+            // A fresh snapshot per event: members who joined meanwhile get it.
+            let Some(members) = registry.room_members(&room) else {
+                continue;
+            };
+            let server_event = event.to_server_event(unscoped(&room));
+            let mut frames = Frames::new(&server_event);
+            let mut sent = 0;
+            for chunk in members.chunks(LANE_CHUNK) {
+                sent += frames.send_to(chunk);
+                tokio::task::yield_now().await;
+            }
             metrics::room_fanout(frames.encodes());
-            sent
-        })
-        .unwrap_or(0);
+            metrics::delivered(sent);
+        }
+    }
+}
+
+/// Delivers a room event to a snapshot of its members.
+fn deliver_to(members: &[Arc<ConnHandle>], room: &str, event: &RoomEvent) -> usize {
+    deliver_members(members, &event.to_server_event(unscoped(room)))
+}
+
+/// Delivers one room event to every connection of a member snapshot.
+pub fn deliver_members(members: &[Arc<ConnHandle>], event: &ServerEvent<'_>) -> usize {
+    let mut frames = Frames::new(event);
+    let sent = frames.send_to(members);
+    metrics::room_fanout(frames.encodes());
     metrics::delivered(sent);
     sent
 }
 
-/// Delivers an event to every local connection of a user; returns how
-/// many connections the user has here (0: the user is not on this instance).
-pub fn deliver_user(registry: &Registry, user: &str, event: &ServerEvent<'_>) -> usize {
-    let (conns, sent) = registry
-        .with_user(user, |c| (c.len(), Frames::new(event).send_to(c)))
-        .unwrap_or((0, 0));
+/// Delivers an event to the given connections of one user.
+pub fn deliver_conns(conns: &[Arc<ConnHandle>], event: &ServerEvent<'_>) -> usize {
+    let sent = Frames::new(event).send_to(conns);
     metrics::delivered(sent);
-    conns
+    sent
 }

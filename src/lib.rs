@@ -18,6 +18,7 @@ pub mod bus;
 pub mod config;
 pub mod conn;
 pub mod fanout;
+pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod offline;

@@ -17,6 +17,7 @@ use roomcast::bus::Bus;
 use roomcast::bus::memory::MemoryBus;
 use roomcast::bus::redis::{RedisBus, RedisTuning};
 use roomcast::config::{self, Command, Config, LogFormat};
+use roomcast::hub::Hub;
 use roomcast::node::Node;
 use roomcast::offline::MemoryOffline;
 use roomcast::registry::Registry;
@@ -49,12 +50,12 @@ fn init_tracing(format: LogFormat) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let verifier = Verifier::from_config(&config.auth)?;
-    let registry = Arc::new(Registry::new());
+    let hub = Arc::new(Hub::new(Arc::new(Registry::new())));
     let handle = metrics::install();
     let (bus, mode) = match &config.redis {
         None => (
             Bus::Memory(MemoryBus::new(
-                registry.clone(),
+                hub.clone(),
                 MemoryOffline::new(config.offline.clone()),
             )),
             "standalone",
@@ -65,7 +66,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 &config.instance_id,
                 config.offline.clone(),
                 RedisTuning::from(redis),
-                registry.clone(),
+                hub.clone(),
             )?;
             // Listen ready if Redis answers soon; otherwise serve local
             // traffic, not ready, while the bus keeps reconnecting.
@@ -79,7 +80,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let node = Arc::new(Node::new(config, registry, bus, verifier, handle));
+    let node = Arc::new(Node::new(config, hub, bus, verifier, handle));
 
     let sweeper = node.clone();
     tokio::spawn(async move {

@@ -1,6 +1,7 @@
-//! The node: one instance's shared state (config, registry, bus, auth) and
-//! the execution of client commands against it. Connection tasks hold an
-//! `Arc<Node>`; nothing here touches a socket.
+//! The node: one instance's shared state (config, hub and registry, bus,
+//! auth) and the execution of client commands against it: local delivery
+//! and registration through the hub, what crosses instances through the
+//! bus. Connection tasks hold an `Arc<Node>`; nothing here touches a socket.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,6 +16,7 @@ use crate::auth::Verifier;
 use crate::bus::{Bus, BusError, DirectMessage, RoomEvent, RoomMessage, SendOutcome};
 use crate::config::Config;
 use crate::conn::handle::{ConnHandle, ConnId};
+use crate::hub::Hub;
 use crate::protocol::ErrorCode;
 use crate::registry::{JoinError, Registry, unscoped};
 
@@ -47,6 +49,9 @@ pub struct PresenceInfo {
 
 pub struct Node {
     pub config: Config,
+    /// The local side: registry and local delivery.
+    pub hub: Arc<Hub>,
+    /// The hub's registry (the same one), for readers of local state.
     pub registry: Arc<Registry>,
     pub bus: Bus,
     pub verifier: Verifier,
@@ -71,7 +76,7 @@ pub struct Node {
 impl Node {
     pub fn new(
         config: Config,
-        registry: Arc<Registry>,
+        hub: Arc<Hub>,
         bus: Bus,
         verifier: Verifier,
         metrics: Option<PrometheusHandle>,
@@ -79,7 +84,8 @@ impl Node {
         let mid_prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         Node {
             config,
-            registry,
+            registry: hub.registry.clone(),
+            hub,
             bus,
             verifier,
             metrics,
@@ -173,8 +179,7 @@ impl Node {
             if presence.changed && presence.count <= self.config.limits.presence_events_max {
                 let user = unscoped(&conn.user).to_owned();
                 let count = presence.count;
-                self.bus
-                    .publish(room, RoomEvent::Joined { user, count })
+                self.publish_event(room, RoomEvent::Joined { user, count })
                     .await?;
             }
         }
@@ -206,8 +211,7 @@ impl Node {
                     let user = unscoped(user).to_owned();
                     let count = presence.count;
                     result = self
-                        .bus
-                        .publish(room, RoomEvent::Left { user, count })
+                        .publish_event(room, RoomEvent::Left { user, count })
                         .await
                         .map_err(OpError::from);
                 }
@@ -242,8 +246,15 @@ impl Node {
             ts: now_ms(),
             mid: self.next_mid(),
         };
-        self.bus.publish(room, RoomEvent::Message(msg)).await?;
+        self.publish_event(room, RoomEvent::Message(msg)).await?;
         Ok(())
+    }
+
+    /// Delivers a room event to local members at once, then to the other
+    /// instances' members through the bus.
+    async fn publish_event(&self, room: &Arc<str>, event: RoomEvent) -> Result<(), BusError> {
+        self.hub.deliver_room(room, &event);
+        self.bus.publish(room, &event).await
     }
 
     pub async fn send(
@@ -258,7 +269,16 @@ impl Node {
             ts: now_ms(),
             mid: self.next_mid(),
         };
-        Ok(self.bus.send(to, msg).await?)
+        let local = self.hub.deliver_direct(to, &msg) > 0;
+        Ok(self.bus.send(to, msg, local).await?)
+    }
+
+    /// Registers a new connection and queues its user's offline backlog to
+    /// it, ahead of any live direct message (the hub's attach gate).
+    pub async fn attach(&self, conn: &Arc<ConnHandle>) {
+        let attach = self.hub.begin_attach(conn);
+        let backlog = self.bus.attach(&conn.user).await;
+        self.hub.finish_attach(attach, &backlog);
     }
 
     pub async fn presence(&self, room: &Arc<str>) -> Result<PresenceInfo, OpError> {
@@ -269,7 +289,9 @@ impl Node {
 
     /// Removes a closed connection everywhere and tells its rooms.
     pub async fn disconnect(&self, conn: &Arc<ConnHandle>) {
-        for (room, change) in self.bus.detach(conn).await {
+        let rooms = self.hub.remove_conn(conn);
+        self.bus.detach(&conn.user).await;
+        for (room, change) in rooms {
             if let Err(e) = self
                 .after_leave(&conn.user, &room, change.last_of_user, change.last_local)
                 .await

@@ -7,6 +7,11 @@
 //! exactly the user's registered live connections. Every method keeps all
 //! maps true before it returns, never holds two guards at once, and never
 //! awaits.
+//!
+//! Fan-out never runs under a guard: readers take a snapshot (an `Arc` of
+//! the member list, one reference count) and push outside the map. Joins
+//! and leaves change the list in place with `Arc::make_mut`, which copies
+//! it only while a fan-out still holds the previous snapshot.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,12 +36,16 @@ pub fn unscoped(key: &str) -> &str {
     key.split_once('/').map_or(key, |(_, name)| name)
 }
 
+/// A room's member list as fan-out sees it: a snapshot that stays valid
+/// (and unchanged) after the registry's guard is released.
+pub type Members = Arc<Vec<Arc<ConnHandle>>>;
+
 /// The members of one room on this instance.
 #[derive(Default)]
 pub struct RoomMembers {
-    /// Every local connection in the room. A `Vec` because fan-out, the hot
-    /// path, iterates it; joins push and leaves swap-remove.
-    pub conns: Vec<Arc<ConnHandle>>,
+    /// Every local connection in the room, shared with fan-outs in flight
+    /// (see [`Members`]); joins push and leaves swap-remove.
+    pub conns: Members,
     /// Local connection count per user, for presence (joined and left are
     /// per user, not per connection).
     pub users: HashMap<Arc<str>, u32>,
@@ -143,7 +152,7 @@ impl Registry {
         }
         let mut members = self.rooms.entry(room.clone()).or_default();
         let first_local = members.conns.is_empty();
-        members.conns.push(handle.clone());
+        Arc::make_mut(&mut members.conns).push(handle.clone());
         let n = members.users.entry(handle.user.clone()).or_insert(0);
         *n += 1;
         Ok(JoinChange {
@@ -170,7 +179,7 @@ impl Registry {
         };
         let members = e.get_mut();
         let pos = members.conns.iter().position(|c| c.id == handle.id)?;
-        members.conns.swap_remove(pos);
+        Arc::make_mut(&mut members.conns).swap_remove(pos);
         let last_of_user = match members.users.get_mut(&handle.user) {
             Some(n) if *n > 1 => {
                 *n -= 1;
@@ -197,23 +206,56 @@ impl Registry {
             .is_some_and(|e| e.rooms.contains(room))
     }
 
-    /// Runs `f` over the room's local members without copying them. `f` must
-    /// not block or await: the room's shard is read-locked meanwhile.
-    pub fn with_room<R>(&self, room: &str, f: impl FnOnce(&RoomMembers) -> R) -> Option<R> {
-        self.rooms.get(room).map(|m| f(&m))
+    /// The room's local members, as a snapshot to deliver to outside the
+    /// map's lock; `None` when the room has no local member.
+    pub fn room_members(&self, room: &str) -> Option<Members> {
+        self.rooms.get(room).map(|m| m.conns.clone())
     }
 
-    /// Runs `f` over the user's local connections (same rules as `with_room`).
-    pub fn with_user<R>(&self, user: &str, f: impl FnOnce(&[Arc<ConnHandle>]) -> R) -> Option<R> {
-        self.users.get(user).map(|c| f(&c))
+    /// The user's local connections, copied out of the map.
+    pub fn user_conns(&self, user: &str) -> Vec<Arc<ConnHandle>> {
+        self.users.get(user).map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Whether the room has local members.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    /// Whether the user has a local connection in the room.
+    pub fn has_member(&self, room: &str, user: &str) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|m| m.users.contains_key(user))
+    }
+
+    /// Distinct local users of a room.
+    pub fn room_user_count(&self, room: &str) -> u64 {
+        self.rooms.get(room).map_or(0, |m| m.users.len() as u64)
+    }
+
+    /// Every local room with its distinct local users.
+    pub fn memberships(&self) -> HashMap<Arc<str>, HashSet<Arc<str>>> {
+        self.rooms
+            .iter()
+            .map(|e| (e.key().clone(), e.users.keys().cloned().collect()))
+            .collect()
+    }
+
+    /// Every local user with its connections.
+    pub fn users(&self) -> Vec<(Arc<str>, Vec<Arc<ConnHandle>>)> {
+        self.users
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
     }
 
     /// Distinct local users of a room, unscoped.
     pub fn room_users(&self, room: &str) -> Vec<String> {
-        self.with_room(room, |m| {
-            m.users.keys().map(|u| unscoped(u).to_owned()).collect()
-        })
-        .unwrap_or_default()
+        self.rooms
+            .get(room)
+            .map(|m| m.users.keys().map(|u| unscoped(u).to_owned()).collect())
+            .unwrap_or_default()
     }
 
     pub fn user_conn_count(&self, user: &str) -> usize {

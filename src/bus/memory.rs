@@ -1,63 +1,59 @@
-//! The in-process bus of the standalone mode: publishing is local fan-out
-//! and offline queues live in memory.
+//! The in-process bus of the standalone mode. There is no other instance,
+//! so publishing carries nothing; what it keeps is the offline queues.
 //!
-//! Ordering invariant: `send` (queue or deliver) and `attach` (register the
-//! connection, then drain the backlog into its queue) both run under the
-//! offline entry's shard lock of that user, so a message either is in the
-//! backlog the new connection drains or is delivered after it, never before.
+//! Ordering invariant: `send` re-checks the user's local connections (the
+//! hub, attach gate included) and queues under the user's offline entry
+//! lock, and `attach` reads the backlog under the same lock after the hub
+//! has begun the attach. So a message is either in the backlog a new
+//! connection reads, or buffered by the gate and delivered after it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 
-use super::{DirectMessage, RoomEvent, SendOutcome};
-use crate::conn::handle::{ConnHandle, Outbound};
-use crate::fanout;
+use super::{DirectMessage, PresenceChange, SendOutcome};
+use crate::hub::Hub;
 use crate::offline::{MemoryOffline, Queued};
-use crate::registry::{LeaveChange, Registry, unscoped};
 
 pub struct MemoryBus {
-    registry: Arc<Registry>,
+    hub: Arc<Hub>,
     offline: MemoryOffline,
 }
 
 impl MemoryBus {
-    pub fn new(registry: Arc<Registry>, offline: MemoryOffline) -> Self {
-        MemoryBus { registry, offline }
+    pub fn new(hub: Arc<Hub>, offline: MemoryOffline) -> Self {
+        MemoryBus { hub, offline }
     }
 
-    pub fn room_interest(&self, _room: &Arc<str>, _on: bool) -> Result<(), super::BusError> {
-        // Every room is local in standalone mode; nothing to route.
-        Ok(())
-    }
-
-    pub fn publish(&self, room: &Arc<str>, event: RoomEvent) -> Result<(), super::BusError> {
-        fanout::deliver_room(&self.registry, room, &event.to_server_event(unscoped(room)));
-        Ok(())
-    }
-
-    pub fn presence_count(&self, room: &str) -> u64 {
-        self.registry
-            .with_room(room, |m| m.users.len() as u64)
-            .unwrap_or(0)
+    /// Every member is local: the count is the local one, and every local
+    /// change is a change.
+    pub fn presence_update(&self, room: &str) -> PresenceChange {
+        PresenceChange {
+            count: self.hub.room_user_count(room),
+            changed: true,
+        }
     }
 
     pub fn presence(&self, room: &str) -> Vec<String> {
-        self.registry.room_users(room)
+        self.hub.room_users(room)
     }
 
-    pub fn send(&self, user: &Arc<str>, msg: DirectMessage) -> SendOutcome {
-        let event = msg.to_server_event(false);
+    /// Queues a direct message that no local connection took, unless a
+    /// connection of the user appeared since (then it gets it).
+    pub fn send(&self, user: &Arc<str>, msg: DirectMessage, local: bool) -> SendOutcome {
+        if local {
+            return SendOutcome::Delivered;
+        }
         match self.offline.queues.entry(user.clone()) {
             Entry::Occupied(mut e) => {
-                if fanout::deliver_user(&self.registry, user, &event) > 0 {
+                if self.hub.deliver_direct(user, &msg) > 0 {
                     return SendOutcome::Delivered;
                 }
                 self.offline.push_into(e.get_mut(), msg);
             }
             Entry::Vacant(v) => {
-                if fanout::deliver_user(&self.registry, user, &event) > 0 {
+                if self.hub.deliver_direct(user, &msg) > 0 {
                     return SendOutcome::Delivered;
                 }
                 let mut q = VecDeque::new();
@@ -70,19 +66,15 @@ impl MemoryBus {
         SendOutcome::Queued
     }
 
-    pub fn attach(&self, conn: &Arc<ConnHandle>) {
-        match self.offline.queues.entry(conn.user.clone()) {
+    /// The user's backlog, for a connection the hub began attaching.
+    pub fn attach(&self, user: &Arc<str>) -> Vec<Queued> {
+        match self.offline.queues.entry(user.clone()) {
             Entry::Occupied(mut e) => {
-                self.registry.add_conn(conn);
                 self.offline.expire(e.get_mut());
-                queue_backlog(conn, e.get().iter());
+                e.get().iter().cloned().collect()
             }
-            Entry::Vacant(_) => self.registry.add_conn(conn),
+            Entry::Vacant(_) => Vec::new(),
         }
-    }
-
-    pub fn detach(&self, conn: &Arc<ConnHandle>) -> Vec<(Arc<str>, LeaveChange)> {
-        self.registry.remove_conn(conn)
     }
 
     pub fn offline_written(&self, user: &Arc<str>, upto: u64) {
@@ -91,21 +83,5 @@ impl MemoryBus {
 
     pub fn sweep(&self) {
         self.offline.sweep();
-    }
-}
-
-/// Queues a user's backlog to one connection as a single outbound item, so
-/// it cannot be split by a full queue; the writer acknowledges it after the
-/// flush.
-pub fn queue_backlog<'q>(conn: &ConnHandle, backlog: impl Iterator<Item = &'q Queued>) {
-    let mut upto = 0;
-    let frames: Vec<_> = backlog
-        .filter_map(|q| {
-            upto = q.seq;
-            fanout::encode(conn.codec, &q.msg.to_server_event(true))
-        })
-        .collect();
-    if !frames.is_empty() {
-        let _ = conn.push(Outbound::Queued { frames, upto });
     }
 }

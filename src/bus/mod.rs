@@ -1,7 +1,11 @@
-//! The bus: how an instance reaches rooms, users and offline queues beyond
-//! its own sockets. One type, two implementations: [`memory`] for the
-//! standalone mode and [`redis`] for cluster mode. The rest of the server
-//! calls only the methods here and never learns which one runs.
+//! The bus: what crosses instances. Room events to the other instances,
+//! room interest (subscriptions), user routes, direct messages to users
+//! elsewhere and the offline queues. One type, two implementations:
+//! [`memory`] for the standalone mode (no other instance: only the offline
+//! queues) and [`redis`] for cluster mode. Local delivery and registration
+//! are the hub's ([`crate::hub`]); the bus calls the hub for what arrives
+//! from elsewhere. The rest of the server calls only the methods here and
+//! never learns which implementation runs.
 
 pub mod memory;
 pub mod redis;
@@ -12,9 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::conn::handle::ConnHandle;
+use crate::offline::Queued;
 use crate::protocol::ServerEvent;
-use crate::registry::LeaveChange;
 use std::borrow::Cow;
 
 /// A message published to a room.
@@ -122,15 +125,17 @@ impl Bus {
     /// Called on the room's first local join and after its last local leave.
     pub async fn room_interest(&self, room: &Arc<str>, on: bool) -> Result<(), BusError> {
         match self {
-            Bus::Memory(b) => b.room_interest(room, on),
+            // Every room is local in standalone mode; nothing to route.
+            Bus::Memory(_) => Ok(()),
             Bus::Redis(b) => Box::pin(b.room_interest(room, on)).await,
         }
     }
 
-    /// Publishes an event to every member of a room on every instance.
-    pub async fn publish(&self, room: &Arc<str>, event: RoomEvent) -> Result<(), BusError> {
+    /// Publishes a room event to the room's members on the other
+    /// instances (the node has delivered it to local members already).
+    pub async fn publish(&self, room: &Arc<str>, event: &RoomEvent) -> Result<(), BusError> {
         match self {
-            Bus::Memory(b) => b.publish(room, event),
+            Bus::Memory(_) => Ok(()),
             Bus::Redis(b) => Box::pin(b.publish(room, event)).await,
         }
     }
@@ -144,13 +149,7 @@ impl Bus {
         user: &Arc<str>,
     ) -> Result<PresenceChange, BusError> {
         match self {
-            Bus::Memory(b) => {
-                let _ = user;
-                Ok(PresenceChange {
-                    count: b.presence_count(room),
-                    changed: true,
-                })
-            }
+            Bus::Memory(b) => Ok(b.presence_update(room)),
             Bus::Redis(b) => Box::pin(b.presence_update(room, user)).await,
         }
     }
@@ -163,33 +162,36 @@ impl Bus {
         }
     }
 
-    /// Sends a direct message to every connection of a user, or to the
-    /// user's offline queue when there is none.
-    pub async fn send(&self, user: &Arc<str>, msg: DirectMessage) -> Result<SendOutcome, BusError> {
+    /// Sends a direct message to the user's connections on other instances,
+    /// or to the user's offline queue when the user has none anywhere.
+    /// `local`: the node delivered it to a local connection already.
+    pub async fn send(
+        &self,
+        user: &Arc<str>,
+        msg: DirectMessage,
+        local: bool,
+    ) -> Result<SendOutcome, BusError> {
         match self {
-            Bus::Memory(b) => Ok(b.send(user, msg)),
-            Bus::Redis(b) => Box::pin(b.send(user, msg)).await,
+            Bus::Memory(b) => Ok(b.send(user, msg, local)),
+            Bus::Redis(b) => Box::pin(b.send(user, msg, local)).await,
         }
     }
 
-    /// Registers a new connection (and its user's route) and queues the
-    /// user's offline backlog to it, after anything already queued.
-    pub async fn attach(&self, conn: &Arc<ConnHandle>) -> Result<(), BusError> {
+    /// Routes the user's direct messages to this instance and reads the
+    /// user's offline backlog, for a connection the hub began attaching.
+    pub async fn attach(&self, user: &Arc<str>) -> Vec<Queued> {
         match self {
-            Bus::Memory(b) => {
-                b.attach(conn);
-                Ok(())
-            }
-            Bus::Redis(b) => Box::pin(b.attach(conn)).await,
+            Bus::Memory(b) => b.attach(user),
+            Bus::Redis(b) => Box::pin(b.attach(user)).await,
         }
     }
 
-    /// Unregisters a connection; returns each room it was in and what its
-    /// departure changed there.
-    pub async fn detach(&self, conn: &Arc<ConnHandle>) -> Vec<(Arc<str>, LeaveChange)> {
+    /// A connection of the user closed: drops the user's route to this
+    /// instance when it was the last one here.
+    pub async fn detach(&self, user: &Arc<str>) {
         match self {
-            Bus::Memory(b) => b.detach(conn),
-            Bus::Redis(b) => Box::pin(b.detach(conn)).await,
+            Bus::Memory(_) => {}
+            Bus::Redis(b) => Box::pin(b.detach(user)).await,
         }
     }
 

@@ -87,10 +87,7 @@ pub fn serve(
     let mut session = Some(Session::new(identity, limits, Instant::now()));
     async move {
         // Boxed, like every await here whose state is large.
-        if let Err(e) = Box::pin(node.bus.attach(&handle)).await {
-            tracing::warn!(conn = handle.id, error = %e, "cannot register connection");
-            handle.close(CloseCode::InternalError);
-        }
+        Box::pin(node.attach(&handle)).await;
         // Nothing is written before this point: a client that has read
         // `welcome` is registered, so a direct message sent to it from
         // then on reaches it.

@@ -38,8 +38,8 @@ impl Shared {
             "version": env!("CARGO_PKG_VERSION"),
             "started_at_ms": now_ms().saturating_sub(self.started.elapsed().as_millis() as u64),
             "uptime_s": self.started.elapsed().as_secs(),
-            "connections": self.registry.conn_count(),
-            "rooms": self.registry.room_count(),
+            "connections": self.hub.conn_count(),
+            "rooms": self.hub.room_count(),
             "offline_depth": self.outbox.len(),
         });
         let existed: i64 = self

@@ -6,7 +6,7 @@
 //!   [`scripts`]: the Lua scripts (every atomic multi-step change).
 //! - [`subscriber`]: interest-based room subscriptions and the receive loop.
 //! - [`presence`]: per-instance room membership and cluster-wide counts.
-//! - [`routes`]: user -> instance routes, direct messages, the attach gate.
+//! - [`routes`]: user -> instance routes, direct messages.
 //! - [`offline`]: the offline queue acknowledgement and the outbox that
 //!   holds direct messages while Redis is unreachable.
 //! - [`heartbeat`]: the instance's TTL key and registry entry.
@@ -15,10 +15,13 @@
 //!   re-asserts everything this instance holds.
 //!
 //! Invariants:
+//! - The bus carries only what crosses instances: the node delivers to
+//!   local members itself, and what arrives from Redis goes to the hub.
+//!   Local state (members, users) is read from the hub, never kept here.
 //! - Local delivery never waits for Redis; when Redis is unreachable local
 //!   traffic keeps flowing and the resync repairs Redis afterwards.
-//! - An instance delivers its own room messages directly and drops them
-//!   when they come back from Redis (an `origin` prefix test).
+//! - An instance drops its own room messages when they come back from
+//!   Redis (an `origin` prefix test): its members had them already.
 //! - Every direct message either reaches an instance subscribed to the
 //!   user's route, or is queued, or waits in the bounded outbox, or its
 //!   sender gets `unavailable`. Never silently nothing.
@@ -53,12 +56,12 @@ use tokio_util::task::TaskTracker;
 
 use super::{BusError, DirectMessage, PresenceChange, RoomEvent, SendOutcome};
 use crate::config::{OfflineConfig, RedisConfig};
-use crate::conn::handle::ConnHandle;
-use crate::registry::{LeaveChange, Registry, unscoped};
+use crate::hub::Hub;
+use crate::offline::Queued;
 use converge::Converger;
 use keys::Keys;
-use offline::Outbox;
-use routes::{Epochs, Gate};
+use offline::HeldDirects;
+use routes::Epochs;
 use scripts::Scripts;
 
 /// Timings and sizes of cluster mode. Defaults follow the spec (heartbeat
@@ -138,7 +141,9 @@ pub(crate) struct Shared {
     keys: Keys,
     tuning: RedisTuning,
     offline_cfg: OfflineConfig,
-    registry: Arc<Registry>,
+    /// The local side: where remote events are delivered, and the local
+    /// state this instance mirrors in Redis.
+    hub: Arc<Hub>,
     client: Client,
     sub: SubscriberClient,
     scripts: Scripts,
@@ -155,9 +160,8 @@ pub(crate) struct Shared {
     interest: Converger<Arc<str>>,
     /// This instance's presence records, converging on the registry.
     presence: Converger<(Arc<str>, Arc<str>)>,
-    gate: Gate,
     epochs: Epochs,
-    outbox: Outbox,
+    outbox: HeldDirects,
     /// Prefix of room payloads this instance published.
     own_prefix: String,
     started: Instant,
@@ -182,7 +186,7 @@ impl RedisBus {
         instance_id: &str,
         offline_cfg: OfflineConfig,
         tuning: RedisTuning,
-        registry: Arc<Registry>,
+        hub: Arc<Hub>,
     ) -> Result<RedisBus, ClusterError> {
         if !keys::valid_instance_id(instance_id) {
             return Err(ClusterError::InstanceId(instance_id.to_owned()));
@@ -225,10 +229,10 @@ impl RedisBus {
         let shared = Arc::new(Shared {
             own_prefix: wire::origin_prefix(instance_id),
             keys,
-            outbox: Outbox::new(tuning.outbox_capacity),
+            outbox: HeldDirects::new(tuning.outbox_capacity),
             tuning,
             offline_cfg,
-            registry,
+            hub,
             client,
             sub,
             scripts: Scripts::new(),
@@ -238,7 +242,6 @@ impl RedisBus {
             wake: Notify::new(),
             interest: Converger::new(),
             presence: Converger::new(),
-            gate: Gate::default(),
             epochs: Epochs::new(),
             started: Instant::now(),
             cancel: CancellationToken::new(),
@@ -283,10 +286,8 @@ impl RedisBus {
         self.shared.room_interest(room).await
     }
 
-    pub async fn publish(&self, room: &Arc<str>, event: RoomEvent) -> Result<(), BusError> {
-        self.shared
-            .publish(room, &event, Fanout::LocalAndRemote)
-            .await;
+    pub async fn publish(&self, room: &Arc<str>, event: &RoomEvent) -> Result<(), BusError> {
+        self.shared.publish(room, event).await;
         Ok(())
     }
 
@@ -302,17 +303,21 @@ impl RedisBus {
         Ok(self.shared.presence_list(room).await)
     }
 
-    pub async fn send(&self, user: &Arc<str>, msg: DirectMessage) -> Result<SendOutcome, BusError> {
-        self.shared.send(user, msg).await
+    pub async fn send(
+        &self,
+        user: &Arc<str>,
+        msg: DirectMessage,
+        local: bool,
+    ) -> Result<SendOutcome, BusError> {
+        self.shared.send(user, msg, local).await
     }
 
-    pub async fn attach(&self, conn: &Arc<ConnHandle>) -> Result<(), BusError> {
-        self.shared.attach(conn).await;
-        Ok(())
+    pub async fn attach(&self, user: &Arc<str>) -> Vec<Queued> {
+        self.shared.attach(user).await
     }
 
-    pub async fn detach(&self, conn: &Arc<ConnHandle>) -> Vec<(Arc<str>, LeaveChange)> {
-        self.shared.detach(conn).await
+    pub async fn detach(&self, user: &Arc<str>) {
+        self.shared.drop_route_if_last(user).await;
     }
 
     pub async fn offline_written(&self, user: &Arc<str>, upto: u64) {
@@ -357,14 +362,6 @@ impl RedisBus {
     }
 }
 
-/// Who gets a room event published by this instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fanout {
-    LocalAndRemote,
-    /// Local members already saw the change (resync repairs).
-    RemoteOnly,
-}
-
 impl Shared {
     fn up(&self) -> bool {
         self.up.load(Ordering::SeqCst)
@@ -388,17 +385,9 @@ impl Shared {
         self.keys.instance_id()
     }
 
-    /// Delivers a room event to local members at once (unless they already
-    /// saw it), then publishes it to the other instances. Redis being
+    /// Publishes a room event to the other instances. Redis being
     /// unreachable costs only the remote delivery: pub/sub is at-most-once.
-    async fn publish(&self, room: &Arc<str>, event: &RoomEvent, fanout: Fanout) {
-        if fanout == Fanout::LocalAndRemote {
-            crate::fanout::deliver_room(
-                &self.registry,
-                room,
-                &event.to_server_event(unscoped(room)),
-            );
-        }
+    async fn publish(&self, room: &Arc<str>, event: &RoomEvent) {
         if !self.up() {
             metric::skipped("publish");
             return;

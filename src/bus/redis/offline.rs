@@ -40,7 +40,7 @@ struct Inner {
     per_user: HashMap<Arc<str>, usize>,
 }
 
-pub struct Outbox {
+pub struct HeldDirects {
     /// A std mutex: every critical section is a few pushes or pops and
     /// never awaits.
     inner: Mutex<Inner>,
@@ -49,9 +49,9 @@ pub struct Outbox {
     cap: usize,
 }
 
-impl Outbox {
+impl HeldDirects {
     pub fn new(cap: usize) -> Self {
-        Outbox {
+        HeldDirects {
             inner: Mutex::new(Inner::default()),
             len: AtomicUsize::new(0),
             cap,
@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn holds_while_down_and_keeps_user_order() {
-        let ob = Outbox::new(2);
+        let ob = HeldDirects::new(2);
         let up = AtomicBool::new(false);
         let bob: Arc<str> = "/bob".into();
         let carol: Arc<str> = "/carol".into();

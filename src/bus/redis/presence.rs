@@ -7,15 +7,15 @@
 //! [`super::converge`]), so a leave and a re-join racing each other cannot
 //! leave Redis in the older state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use fred::prelude::{Error as RedisError, HashesInterface, SetsInterface};
 
 use super::converge::Claim;
-use super::{Fanout, Shared, metric};
+use super::{Shared, metric};
 use crate::bus::RoomEvent;
-use crate::registry::{Registry, unscoped};
+use crate::registry::unscoped;
 
 /// What a presence sync changed.
 #[derive(Debug, Clone, Copy, Default)]
@@ -24,17 +24,6 @@ pub struct Synced {
     pub count: u64,
     /// +1: the user appeared in the room cluster-wide; -1: vanished.
     pub flip: i64,
-}
-
-/// Every local room with its distinct local users.
-pub fn memberships(registry: &Registry) -> HashMap<Arc<str>, HashSet<Arc<str>>> {
-    let mut map: HashMap<Arc<str>, HashSet<Arc<str>>> = HashMap::new();
-    for conn in registry.all_conns() {
-        for room in registry.rooms_of(conn.id) {
-            map.entry(room).or_default().insert(conn.user.clone());
-        }
-    }
-    map
 }
 
 impl From<Synced> for crate::bus::PresenceChange {
@@ -51,11 +40,7 @@ impl Shared {
     /// connection in the room, -1 otherwise. Used when Redis cannot say,
     /// so local members still hear local joins and leaves.
     fn local_flip(&self, room: &str, user: &Arc<str>) -> i64 {
-        if self
-            .registry
-            .with_room(room, |m| m.users.contains_key(user))
-            .unwrap_or(false)
-        {
+        if self.hub.has_member(room, user) {
             1
         } else {
             -1
@@ -63,9 +48,7 @@ impl Shared {
     }
 
     fn local_count(&self, room: &str) -> u64 {
-        self.registry
-            .with_room(room, |m| m.users.len() as u64)
-            .unwrap_or(0)
+        self.hub.room_user_count(room)
     }
 
     /// Brings this instance's record of (room, user) in line with the
@@ -110,10 +93,7 @@ impl Shared {
         let key = (room.clone(), user.clone());
         let mut done: Option<Synced> = None;
         loop {
-            let want = self
-                .registry
-                .with_room(room, |m| m.users.contains_key(user))
-                .unwrap_or(false);
+            let want = self.hub.has_member(room, user);
             if self.presence.claim(&key, want) != Claim::Apply {
                 return Ok(done);
             }
@@ -159,7 +139,7 @@ impl Shared {
 
     pub(super) async fn presence_list(&self, room: &Arc<str>) -> Vec<String> {
         if !self.up() {
-            return self.registry.room_users(room);
+            return self.hub.room_users(room);
         }
         match self
             .client
@@ -170,7 +150,7 @@ impl Shared {
             Err(e) => {
                 tracing::warn!(error = %e, "presence from redis failed; answering with local members");
                 metric::error("presence_list");
-                self.registry.room_users(room)
+                self.hub.room_users(room)
             }
         }
     }
@@ -182,7 +162,7 @@ impl Shared {
     /// when nobody had seen them leave.
     pub(super) async fn reconcile_presence(&self, fresh: bool) -> Result<(), RedisError> {
         let mut keys: HashSet<(Arc<str>, Arc<str>)> = HashSet::new();
-        for (room, users) in memberships(&self.registry) {
+        for (room, users) in self.hub.memberships() {
             for user in users {
                 keys.insert((room.clone(), user));
             }
@@ -221,7 +201,8 @@ impl Shared {
                 },
                 _ => return Ok(()),
             };
-            self.publish(&room, &event, Fanout::RemoteOnly).await;
+            // Local members heard of it when it happened.
+            self.publish(&room, &event).await;
             Ok::<(), RedisError>(())
         });
         for r in super::sync::bounded(jobs, 64).await {

@@ -15,7 +15,7 @@ use fred::prelude::{
     Error as RedisError, Expiration, KeysInterface, SetOptions, SetsInterface, Value,
 };
 
-use super::{Fanout, Shared, Ticker, metric, wire};
+use super::{Shared, Ticker, metric, wire};
 use crate::bus::RoomEvent;
 use crate::registry::unscoped;
 
@@ -148,7 +148,10 @@ impl Shared {
                         user: unscoped(&user).to_owned(),
                         count: count as u64,
                     };
-                    self.publish(&room, &event, Fanout::LocalAndRemote).await;
+                    // The dead instance's users left every room: local
+                    // members hear it here, the others through Redis.
+                    self.hub.deliver_room(&room, &event);
+                    self.publish(&room, &event).await;
                 }
             }
         }

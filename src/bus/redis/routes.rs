@@ -12,11 +12,10 @@
 //! "last connection left" never deletes the route of a connection that
 //! attached after it.
 //!
-//! The gate orders delivery on this instance: while a backlog read for a
-//! user is in flight, live direct messages for the connections waiting on
-//! it are buffered and queued after the backlog, never before it.
+//! The hub's attach gate orders delivery on this instance: while a backlog
+//! read for a user is in flight, live direct messages for the connections
+//! waiting on it are buffered and queued after the backlog, never before.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,13 +24,10 @@ use dashmap::mapref::entry::Entry;
 use fred::prelude::{Error as RedisError, SetsInterface, Value};
 
 use super::{Shared, metric, unavailable, wire};
-use crate::bus::memory::queue_backlog;
 use crate::bus::{BusError, DirectMessage, SendOutcome};
-use crate::conn::handle::{ConnHandle, ConnId};
-use crate::fanout::{self, Frames};
+use crate::hub::Hub;
 use crate::metrics;
 use crate::offline::Queued;
-use crate::registry::{LeaveChange, Registry};
 
 /// Route epochs: increasing across restarts of an instance with a fixed id
 /// (they start at the start time in µs), below 2^53 so Lua compares them
@@ -64,10 +60,10 @@ impl Epochs {
 
     /// The user's route epoch when this instance no longer holds the user
     /// (no registered connection and no attach in flight).
-    fn release_if_last(&self, user: &Arc<str>, registry: &Registry, gate: &Gate) -> Option<u64> {
+    fn release_if_last(&self, user: &Arc<str>, hub: &Hub) -> Option<u64> {
         match self.current.entry(user.clone()) {
             Entry::Occupied(e) => {
-                if registry.user_conn_count(user) == 0 && !gate.has_pending(user) {
+                if !hub.holds_user(user) {
                     Some(e.remove())
                 } else {
                     None
@@ -82,100 +78,6 @@ impl Epochs {
     }
 }
 
-/// A backlog read in flight for some connections of one user.
-struct Pending {
-    token: u64,
-    targets: Vec<Arc<ConnHandle>>,
-    /// The single target is a new connection, registered on completion.
-    register: bool,
-    /// Live messages that arrived meanwhile, in order.
-    buffered: Vec<DirectMessage>,
-}
-
-#[derive(Default)]
-pub struct Gate {
-    /// Per user, the backlog reads in flight. Lock order: this map's shard
-    /// lock, then the registry's (never the reverse).
-    pending: DashMap<Arc<str>, Vec<Pending>>,
-    next: AtomicU64,
-}
-
-impl Gate {
-    fn begin(&self, user: &Arc<str>, targets: Vec<Arc<ConnHandle>>, register: bool) -> u64 {
-        let token = self.next.fetch_add(1, Ordering::Relaxed);
-        self.pending.entry(user.clone()).or_default().push(Pending {
-            token,
-            targets,
-            register,
-            buffered: Vec::new(),
-        });
-        token
-    }
-
-    pub fn has_pending(&self, user: &str) -> bool {
-        self.pending.contains_key(user)
-    }
-
-    /// Ends a backlog read: registers a new connection, then queues the
-    /// backlog and the buffered live messages to the targets, all under the
-    /// user's gate lock so no live delivery can slip in between.
-    fn finish(&self, registry: &Registry, user: &Arc<str>, token: u64, backlog: &[Queued]) {
-        let Entry::Occupied(mut e) = self.pending.entry(user.clone()) else {
-            return;
-        };
-        let Some(pos) = e.get().iter().position(|p| p.token == token) else {
-            return;
-        };
-        let done = e.get_mut().swap_remove(pos);
-        if done.register {
-            for conn in &done.targets {
-                registry.add_conn(conn);
-            }
-        }
-        for conn in &done.targets {
-            queue_backlog(conn, backlog.iter());
-        }
-        for msg in &done.buffered {
-            let event = msg.to_server_event(false);
-            let sent = Frames::new(&event).send_to(&done.targets);
-            metrics::delivered(sent);
-        }
-        if e.get().is_empty() {
-            e.remove();
-        }
-    }
-
-    /// Registers a connection without a backlog read (Redis unreachable).
-    /// Its live messages are delivered at once; the backlog follows with
-    /// the next resync.
-    fn register_now(&self, registry: &Registry, conn: &Arc<ConnHandle>) {
-        registry.add_conn(conn);
-    }
-
-    /// Delivers a direct message to this instance's connections of the
-    /// user; returns how many connections the user has here (0: none).
-    fn deliver_local(&self, registry: &Registry, user: &str, msg: &DirectMessage) -> usize {
-        let event = msg.to_server_event(false);
-        let Some(mut pending) = self.pending.get_mut(user) else {
-            return fanout::deliver_user(registry, user, &event);
-        };
-        let mut waiting: Vec<ConnId> = Vec::new();
-        for p in pending.iter_mut() {
-            p.buffered.push(msg.clone());
-            waiting.extend(p.targets.iter().map(|c| c.id));
-        }
-        let direct = registry
-            .with_user(user, |conns| {
-                let free = conns.iter().filter(|c| !waiting.contains(&c.id));
-                let sent = Frames::new(&event).send_to(free);
-                metrics::delivered(sent);
-                conns.iter().filter(|c| !waiting.contains(&c.id)).count()
-            })
-            .unwrap_or(0);
-        direct + waiting.len()
-    }
-}
-
 /// What the send script did.
 struct Sent {
     receivers: i64,
@@ -184,17 +86,16 @@ struct Sent {
 }
 
 impl Shared {
-    pub(super) async fn attach(&self, conn: &Arc<ConnHandle>) {
+    /// Claims the user's route to this instance and reads the backlog;
+    /// empty when Redis cannot be reached (the resync delivers it later).
+    pub(super) async fn attach(&self, user: &Arc<str>) -> Vec<Queued> {
         if !self.up() {
-            self.gate.register_now(&self.registry, conn);
             metric::skipped("attach");
             self.mark_dirty();
-            return;
+            return Vec::new();
         }
-        let user = &conn.user;
-        let token = self.gate.begin(user, vec![conn.clone()], true);
         let epoch = self.epochs.claim(user);
-        let backlog = match self.run_attach(user, epoch).await {
+        match self.run_attach(user, epoch).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register route; will retry");
@@ -202,21 +103,11 @@ impl Shared {
                 self.mark_dirty();
                 Vec::new()
             }
-        };
-        self.gate.finish(&self.registry, user, token, &backlog);
+        }
     }
 
-    pub(super) async fn detach(&self, conn: &Arc<ConnHandle>) -> Vec<(Arc<str>, LeaveChange)> {
-        let rooms = self.registry.remove_conn(conn);
-        self.drop_route_if_last(&conn.user).await;
-        rooms
-    }
-
-    async fn drop_route_if_last(&self, user: &Arc<str>) {
-        let Some(epoch) = self
-            .epochs
-            .release_if_last(user, &self.registry, &self.gate)
-        else {
+    pub(super) async fn drop_route_if_last(&self, user: &Arc<str>) {
+        let Some(epoch) = self.epochs.release_if_last(user, &self.hub) else {
             return;
         };
         if !self.up() {
@@ -235,8 +126,8 @@ impl Shared {
         &self,
         user: &Arc<str>,
         msg: DirectMessage,
+        local: bool,
     ) -> Result<SendOutcome, BusError> {
-        let local = self.gate.deliver_local(&self.registry, user, &msg) > 0;
         let msg = match self.outbox.hold_if_needed(&self.up, user, msg, local) {
             Ok(outcome) => return outcome,
             Err(msg) => msg,
@@ -268,7 +159,7 @@ impl Shared {
 
     /// A direct message published to this instance's channel.
     pub(super) fn deliver_remote_direct(self: &Arc<Self>, user: Arc<str>, msg: DirectMessage) {
-        if self.gate.deliver_local(&self.registry, &user, &msg) > 0 {
+        if self.hub.deliver_direct(&user, &msg) > 0 {
             return;
         }
         // The user's last connection here left after the sender read the
@@ -294,21 +185,21 @@ impl Shared {
     /// backlog, and removes routes Redis holds for users no longer here.
     pub(super) async fn reassert_routes(&self) -> Result<(), RedisError> {
         let high_water = self.epochs.high_water();
-        let mut by_user: HashMap<Arc<str>, Vec<Arc<ConnHandle>>> = HashMap::new();
-        for conn in self.registry.all_conns() {
-            by_user.entry(conn.user.clone()).or_default().push(conn);
-        }
         let mut result = Ok(());
-        let jobs = by_user.into_iter().map(|(user, conns)| async move {
-            let token = self.gate.begin(&user, conns, false);
-            let epoch = self.epochs.claim(&user);
-            let r = self.run_attach(&user, epoch).await;
-            let backlog = r.as_deref().unwrap_or_default();
-            self.gate.finish(&self.registry, &user, token, backlog);
-            // The user may have left while the script ran.
-            self.drop_route_if_last(&user).await;
-            r.map(|_| ())
-        });
+        let jobs = self
+            .hub
+            .users()
+            .into_iter()
+            .map(|(user, conns)| async move {
+                let token = self.hub.begin_redeliver(&user, conns);
+                let epoch = self.epochs.claim(&user);
+                let r = self.run_attach(&user, epoch).await;
+                let backlog = r.as_deref().unwrap_or_default();
+                self.hub.finish_attach(token, backlog);
+                // The user may have left while the script ran.
+                self.drop_route_if_last(&user).await;
+                r.map(|_| ())
+            });
         for r in super::sync::bounded(jobs, 64).await {
             if r.is_err() {
                 result = r;
@@ -320,7 +211,7 @@ impl Shared {
             .smembers(self.keys.instance_users(self.id()))
             .await?;
         for user in remote {
-            if self.epochs.holds(&user) || self.registry.user_conn_count(&user) > 0 {
+            if self.epochs.holds(&user) || self.hub.holds_user(&user) {
                 continue;
             }
             let user: Arc<str> = user.into();

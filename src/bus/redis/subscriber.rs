@@ -16,8 +16,6 @@ use tokio::sync::broadcast::error::RecvError;
 use super::converge::Claim;
 use super::{Shared, metric, unavailable, wire};
 use crate::bus::BusError;
-use crate::fanout;
-use crate::registry::unscoped;
 
 /// Channels per SUBSCRIBE command on resubscription.
 const SUBSCRIBE_CHUNK: usize = 500;
@@ -65,9 +63,7 @@ impl Shared {
             return;
         }
         match wire::decode_room(payload) {
-            Ok(event) => {
-                fanout::deliver_room(&self.registry, room, &event.to_server_event(unscoped(room)));
-            }
+            Ok(event) => self.hub.deliver_room(room, &event),
             Err(e) => {
                 metric::bad_message();
                 tracing::debug!(error = %e, "bad room message");
@@ -100,7 +96,7 @@ impl Shared {
             return Ok(());
         }
         loop {
-            let want = self.registry.with_room(room, |_| ()).is_some();
+            let want = self.hub.has_room(room);
             if self.interest.claim(room, want) != Claim::Apply {
                 return Ok(());
             }
@@ -135,9 +131,7 @@ impl Shared {
                 self.keys.global_channel(),
             ])
             .await?;
-        let mut rooms: Vec<Arc<str>> = super::presence::memberships(&self.registry)
-            .into_keys()
-            .collect();
+        let mut rooms: Vec<Arc<str>> = self.hub.memberships().into_keys().collect();
         rooms.extend(self.interest.present());
         rooms.sort();
         rooms.dedup();
@@ -146,10 +140,7 @@ impl Shared {
         }
         // Local rooms in large SUBSCRIBE commands first, then every room
         // through the converger (which finds most of them settled).
-        let wanted: Vec<&Arc<str>> = rooms
-            .iter()
-            .filter(|r| self.registry.with_room(r, |_| ()).is_some())
-            .collect();
+        let wanted: Vec<&Arc<str>> = rooms.iter().filter(|r| self.hub.has_room(r)).collect();
         for chunk in wanted.chunks(SUBSCRIBE_CHUNK) {
             let channels: Vec<String> = chunk.iter().map(|r| self.keys.room_channel(r)).collect();
             self.sub.subscribe(channels).await?;
