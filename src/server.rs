@@ -94,31 +94,9 @@ async fn render_metrics(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-/// An upgrade refused by an admission step.
-struct Rejected {
-    status: StatusCode,
-    /// The `reason` label of `roomcast_upgrades_rejected_total`.
-    reason: &'static str,
-    text: &'static str,
-}
-
 fn reject(status: StatusCode, reason: &'static str, text: &'static str) -> Response {
     metrics::upgrade_rejected(reason);
     (status, text).into_response()
-}
-
-impl IntoResponse for Rejected {
-    fn into_response(self) -> Response {
-        reject(self.status, self.reason, self.text)
-    }
-}
-
-fn rejected(status: StatusCode, reason: &'static str, text: &'static str) -> Rejected {
-    Rejected {
-        status,
-        reason,
-        text,
-    }
 }
 
 /// The answer to a request that is not a WebSocket upgrade this server takes.
@@ -129,6 +107,30 @@ fn refuse(refusal: Refusal) -> Response {
             .insert(*name, HeaderValue::from_static(value));
     }
     res
+}
+
+/// An upgrade refused by an admission step.
+struct Rejected {
+    status: StatusCode,
+    /// The `reason` label of `roomcast_upgrades_rejected_total`.
+    reason: &'static str,
+    text: &'static str,
+}
+
+impl Rejected {
+    fn new(status: StatusCode, reason: &'static str, text: &'static str) -> Self {
+        Rejected {
+            status,
+            reason,
+            text,
+        }
+    }
+}
+
+impl IntoResponse for Rejected {
+    fn into_response(self) -> Response {
+        reject(self.status, self.reason, self.text)
+    }
 }
 
 /// `GET /ws`: the handshake check, then the admission steps, then `101`.
@@ -201,7 +203,7 @@ fn admit(node: &Node, headers: &HeaderMap, token: Option<&str>) -> Result<Admitt
             .to_str()
             .is_ok_and(|o| origins.iter().any(|a| a == o))
     {
-        return Err(rejected(
+        return Err(Rejected::new(
             StatusCode::FORBIDDEN,
             "origin",
             "origin not allowed",
@@ -212,7 +214,7 @@ fn admit(node: &Node, headers: &HeaderMap, token: Option<&str>) -> Result<Admitt
         Ok(Some(identity)) => identity,
         Ok(None) => Identity::anonymous(format!("anon-{}-{id}", node.process_tag())),
         Err(AuthError::Missing) => {
-            return Err(rejected(
+            return Err(Rejected::new(
                 StatusCode::UNAUTHORIZED,
                 "no_token",
                 "missing token",
@@ -220,7 +222,7 @@ fn admit(node: &Node, headers: &HeaderMap, token: Option<&str>) -> Result<Admitt
         }
         Err(e) => {
             tracing::debug!(error = %e, "token rejected");
-            return Err(rejected(
+            return Err(Rejected::new(
                 StatusCode::UNAUTHORIZED,
                 "bad_token",
                 "invalid or expired token",
@@ -229,12 +231,12 @@ fn admit(node: &Node, headers: &HeaderMap, token: Option<&str>) -> Result<Admitt
     };
     let user = crate::registry::scoped(&identity.tenant, &identity.user);
     let slot = node.try_open(user).map_err(|refusal| match refusal {
-        SlotRefusal::User => rejected(
+        SlotRefusal::User => Rejected::new(
             StatusCode::TOO_MANY_REQUESTS,
             "user_limit",
             "too many connections for this user",
         ),
-        SlotRefusal::Instance => rejected(
+        SlotRefusal::Instance => Rejected::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "instance_limit",
             "instance at its connection limit",

@@ -49,20 +49,25 @@ impl Slots {
     /// user at its limit is told so even when the instance is full too.
     /// Dropping the returned slot gives both back.
     pub fn try_take(self: &Arc<Self>, user: Arc<str>) -> Result<ConnSlot, SlotRefusal> {
-        match self.per_user.entry(user.clone()) {
+        // The slot keeps the map's own key, so a user's connections share
+        // one copy of the name.
+        let user = match self.per_user.entry(user) {
             Entry::Occupied(mut e) => {
                 if *e.get() >= self.max_per_user {
                     return Err(SlotRefusal::User);
                 }
                 *e.get_mut() += 1;
+                e.key().clone()
             }
             Entry::Vacant(e) => {
                 if self.max_per_user == 0 {
                     return Err(SlotRefusal::User);
                 }
+                let user = e.key().clone();
                 e.insert(1);
+                user
             }
-        }
+        };
         // From here on, dropping `slot` gives the user's slot back.
         let mut slot = ConnSlot {
             slots: self.clone(),
