@@ -38,10 +38,16 @@ pub async fn signal() {
     }
 }
 
-/// How often the next slice of connections is told to go. Short enough
-/// that the closes look even to clients, long enough that any number of
-/// connections fits in the drain period without per-connection timers.
+/// How often the next slice of connections is told to go: short enough
+/// that the closes look even. The slice grows with the number of
+/// connections, so any number fits in the drain period (a timer per
+/// connection cannot go below a millisecond each).
 pub const TICK: Duration = Duration::from_millis(20);
+
+/// How often the registry is looked over for connections that registered
+/// after the drain began. They are rare, and each look copies the list of
+/// every connection still open.
+const SWEEP: Duration = Duration::from_millis(250);
 
 /// Drains every connection: a `reconnect` hint, then close 1001, a slice
 /// every [`TICK`] so that the last slice goes before the drain period is
@@ -71,7 +77,7 @@ pub async fn drain(node: &Arc<Node>) {
     node.tracker.close();
     let all_ended = node.tracker.wait();
     tokio::pin!(all_ended);
-    let mut sweep = tokio::time::interval(TICK);
+    let mut sweep = tokio::time::interval(SWEEP);
     loop {
         tokio::select! {
             () = &mut all_ended => return,
