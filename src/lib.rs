@@ -10,6 +10,7 @@
 //! - [`conn`]: one connection's reader loop, writer task and handle.
 //! - [`bus`]: the bus between instances; [`offline`] queues of standalone mode.
 //! - [`node`]: one instance's shared state and command execution.
+//! - [`slots`]: per-instance and per-user connection slots.
 //! - [`server`]: HTTP routes and the WebSocket upgrade; [`shutdown`].
 //! - [`metrics`]: Prometheus names.
 
@@ -27,4 +28,5 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod slots;
 pub mod ws;

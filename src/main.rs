@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 use roomcast::auth::Verifier;
 use roomcast::bus::Bus;
@@ -96,26 +97,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("listening {addr}");
 
     tokio::spawn(conn::keepalive(node.clone()));
+    // The listener has its own token: it stops when the drain is over,
+    // not when shutdown begins.
+    let stop_listening = CancellationToken::new();
     let http = tokio::spawn(server::serve(
         listener,
         server::router(node.clone()),
-        node.shutdown.clone(),
+        stop_listening.clone(),
     ));
 
     shutdown::signal().await;
     let deadline = tokio::time::Instant::now() + node.config.shutdown.deadline;
     tracing::info!("shutdown requested");
+    // Not ready and no new upgrades from here on; the listener keeps
+    // answering HTTP (`/ready` 503, upgrades 503) until the drain is over,
+    // so load balancers see the instance leave instead of a refused port.
     node.stop_accepting();
     node.shutdown.cancel();
-    let sequence = async {
-        shutdown::drain(&node).await;
-        node.tracker.close();
-        node.tracker.wait().await;
-        let _ = http.await;
-    };
-    if tokio::time::timeout_at(deadline, sequence).await.is_err() {
+    if tokio::time::timeout_at(deadline, shutdown::drain(&node))
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown deadline reached; exiting with connections open");
     }
+    stop_listening.cancel();
+    let _ = http.await;
     // Leave the cluster after the connections' own leaves went out; keep a
     // little time for it even when the drain used the whole deadline.
     let leave_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(2));

@@ -4,7 +4,7 @@
 //! bus. Connection tasks hold an `Arc<Node>`; nothing here touches a socket.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -19,6 +19,8 @@ use crate::conn::handle::{ConnHandle, ConnId};
 use crate::hub::Hub;
 use crate::protocol::ErrorCode;
 use crate::registry::{JoinError, Registry, unscoped};
+use crate::slots::Slots;
+pub use crate::slots::{ConnSlot, SlotRefusal};
 
 /// A command's failure, as the client will see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,9 +66,9 @@ pub struct Node {
     /// False once draining; `/ready` also asks the bus.
     accepting: AtomicBool,
     next_conn: AtomicU64,
-    /// Open WebSocket connections (counted from the upgrade on, so the
-    /// per-instance limit also covers handshakes in flight).
-    open: AtomicUsize,
+    /// Connection slots per instance and per user, taken at the upgrade
+    /// (so the limits also cover handshakes in flight).
+    slots: Arc<Slots>,
     /// Random per-process prefix of message ids plus a counter: unique
     /// across instances without coordination.
     mid_prefix: String,
@@ -82,6 +84,10 @@ impl Node {
         metrics: Option<PrometheusHandle>,
     ) -> Self {
         let mid_prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let slots = Arc::new(Slots::new(
+            config.limits.max_connections,
+            config.limits.max_conns_per_user,
+        ));
         Node {
             config,
             registry: hub.registry.clone(),
@@ -94,7 +100,7 @@ impl Node {
             started: Instant::now(),
             accepting: AtomicBool::new(true),
             next_conn: AtomicU64::new(1),
-            open: AtomicUsize::new(0),
+            slots,
             mid_prefix,
             mid_seq: AtomicU64::new(0),
         }
@@ -120,16 +126,11 @@ impl Node {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Takes a connection slot; `None` at the per-instance limit. The slot
-    /// is released when the returned value drops.
-    pub fn try_open(self: &Arc<Self>) -> Option<ConnSlot> {
-        let max = self.config.limits.max_connections;
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ConnSlot { node: self.clone() })
+    /// Takes a connection slot for `user` (a scoped user key), refused at
+    /// the per-user or the per-instance limit. The slot is released when
+    /// the returned value drops.
+    pub fn try_open(&self, user: Arc<str>) -> Result<ConnSlot, SlotRefusal> {
+        self.slots.try_take(user)
     }
 
     /// A short random tag of this process, unique in the cluster in practice.
@@ -299,17 +300,6 @@ impl Node {
                 tracing::warn!(code = e.code.as_str(), "leave on disconnect: {}", e.text);
             }
         }
-    }
-}
-
-/// A held connection slot; dropping it frees the slot.
-pub struct ConnSlot {
-    node: Arc<Node>,
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.node.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

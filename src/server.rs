@@ -1,6 +1,9 @@
-//! The HTTP side, all on one port: the WebSocket upgrade at `/ws` (auth,
-//! origin and capacity checks happen before it, as plain HTTP answers),
-//! `/health`, `/ready` and `/metrics`.
+//! The HTTP side, all on one port: the WebSocket upgrade at `/ws` (the
+//! [`handshake`] check, then the admission steps: origin, auth and the
+//! connection slot, each refusal a plain HTTP answer), `/health`, `/ready`
+//! and `/metrics`.
+
+pub mod handshake;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,14 +18,15 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Identity};
+use crate::conn::handle::ConnId;
 use crate::conn::{self, Accepted};
 use crate::metrics;
-use crate::node::Node;
+use crate::node::{ConnSlot, Node, SlotRefusal};
 use crate::protocol::Codec;
+use handshake::{Handshake, Refusal};
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,45 +99,41 @@ fn reject(status: StatusCode, reason: &'static str, text: &'static str) -> Respo
     (status, text).into_response()
 }
 
-/// Query parameters of the upgrade request. Parsed by hand because they are
-/// few and a token must never be echoed in an error.
-struct UpgradeQuery<'a> {
-    token: Option<&'a str>,
-    batch: bool,
+/// The answer to a request that is not a WebSocket upgrade this server takes.
+fn refuse(refusal: Refusal) -> Response {
+    let mut res = reject(refusal.status(), refusal.reason(), refusal.text());
+    for (name, value) in refusal.headers() {
+        res.headers_mut()
+            .insert(*name, HeaderValue::from_static(value));
+    }
+    res
 }
 
-fn parse_query(query: &str) -> UpgradeQuery<'_> {
-    let mut q = UpgradeQuery {
-        token: None,
-        batch: false,
-    };
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "token" => q.token = Some(v),
-            "batch" => q.batch = matches!(v, "1" | "true" | ""),
-            _ => {}
+/// An upgrade refused by an admission step.
+struct Rejected {
+    status: StatusCode,
+    /// The `reason` label of `roomcast_upgrades_rejected_total`.
+    reason: &'static str,
+    text: &'static str,
+}
+
+impl Rejected {
+    fn new(status: StatusCode, reason: &'static str, text: &'static str) -> Self {
+        Rejected {
+            status,
+            reason,
+            text,
         }
     }
-    q
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+impl IntoResponse for Rejected {
+    fn into_response(self) -> Response {
+        reject(self.status, self.reason, self.text)
+    }
 }
 
-fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
-    })
-}
-
+/// `GET /ws`: the handshake check, then the admission steps, then `101`.
 async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
     if !node.is_accepting() {
         return reject(
@@ -142,84 +142,30 @@ async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
             "server draining",
         );
     }
-    let headers = req.headers();
-    let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(k)
-            if header_has(headers, header::UPGRADE, "websocket")
-                && header_has(headers, header::CONNECTION, "upgrade")
-                && headers
-                    .get(header::SEC_WEBSOCKET_VERSION)
-                    .is_some_and(|v| v == "13") =>
-        {
-            k.clone()
-        }
-        _ => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                "not_websocket",
-                "expected a WebSocket upgrade",
-            );
-        }
+    let query = req.uri().query().unwrap_or("");
+    let hs = match handshake::check(req.version(), req.headers(), query) {
+        Ok(hs) => hs,
+        Err(refusal) => return refuse(refusal),
     };
-    let origins = &node.config.auth.allowed_origins;
-    if !origins.is_empty()
-        && let Some(origin) = headers.get(header::ORIGIN)
-        && !origin
-            .to_str()
-            .is_ok_and(|o| origins.iter().any(|a| a == o))
-    {
-        return reject(StatusCode::FORBIDDEN, "origin", "origin not allowed");
-    }
-    let query = parse_query(req.uri().query().unwrap_or(""));
-    let token = bearer(headers).or(query.token);
-    let batch = query.batch;
-    let conn_id = node.next_conn_id();
-    let identity = match node.verifier.verify(token) {
-        Ok(Some(identity)) => identity,
-        Ok(None) => Identity::anonymous(format!("anon-{}-{conn_id}", node.process_tag())),
-        Err(AuthError::Missing) => {
-            return reject(StatusCode::UNAUTHORIZED, "no_token", "missing token");
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "token rejected");
-            return reject(
-                StatusCode::UNAUTHORIZED,
-                "bad_token",
-                "invalid or expired token",
-            );
-        }
+    let admitted = match admit(&node, req.headers(), hs.token) {
+        Ok(a) => a,
+        Err(rejected) => return rejected.into_response(),
     };
-    let user_key = crate::registry::scoped(&identity.tenant, &identity.user);
-    if node.registry.user_conn_count(&user_key) >= node.config.limits.max_conns_per_user {
-        return reject(
-            StatusCode::TOO_MANY_REQUESTS,
-            "user_limit",
-            "too many connections for this user",
-        );
-    }
-    let Some(slot) = node.try_open() else {
-        return reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "instance_limit",
-            "instance at its connection limit",
-        );
-    };
-    let requested = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(Codec::from_subprotocols);
-    let codec = requested.unwrap_or(Codec::Json);
-
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let accepted = Accepted {
-        id: conn_id,
-        identity,
-        codec,
+    let Handshake {
+        accept,
+        requested,
         batch,
-        slot,
+        ..
+    } = hs;
+    let accepted = Accepted {
+        id: admitted.id,
+        identity: admitted.identity,
+        codec: requested.unwrap_or(Codec::Json),
+        batch,
+        slot: admitted.slot,
     };
-    tracing::debug!(conn = conn_id, user = %accepted.identity.user, "upgrading");
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tracing::debug!(conn = accepted.id, user = %accepted.identity.user, "upgrading");
     node.tracker
         .spawn(upgraded(node.clone(), on_upgrade, Box::new(accepted)));
 
@@ -228,9 +174,7 @@ async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
     let h = res.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     if let Some(codec) = requested {
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
@@ -238,6 +182,67 @@ async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
         );
     }
     res
+}
+
+/// What the admission steps settled.
+struct Admitted {
+    id: ConnId,
+    identity: Identity,
+    slot: ConnSlot,
+}
+
+/// The admission steps of a valid handshake, each a plain HTTP answer when
+/// it refuses: origin (403), token (401), then the connection slot, per
+/// user (429) and per instance (503), taken here and held until the
+/// connection ends.
+fn admit(node: &Node, headers: &HeaderMap, token: Option<&str>) -> Result<Admitted, Rejected> {
+    let origins = &node.config.auth.allowed_origins;
+    if !origins.is_empty()
+        && let Some(origin) = headers.get(header::ORIGIN)
+        && !origin
+            .to_str()
+            .is_ok_and(|o| origins.iter().any(|a| a == o))
+    {
+        return Err(Rejected::new(
+            StatusCode::FORBIDDEN,
+            "origin",
+            "origin not allowed",
+        ));
+    }
+    let id = node.next_conn_id();
+    let identity = match node.verifier.verify(token) {
+        Ok(Some(identity)) => identity,
+        Ok(None) => Identity::anonymous(format!("anon-{}-{id}", node.process_tag())),
+        Err(AuthError::Missing) => {
+            return Err(Rejected::new(
+                StatusCode::UNAUTHORIZED,
+                "no_token",
+                "missing token",
+            ));
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "token rejected");
+            return Err(Rejected::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_token",
+                "invalid or expired token",
+            ));
+        }
+    };
+    let user = crate::registry::scoped(&identity.tenant, &identity.user);
+    let slot = node.try_open(user).map_err(|refusal| match refusal {
+        SlotRefusal::User => Rejected::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "user_limit",
+            "too many connections for this user",
+        ),
+        SlotRefusal::Instance => Rejected::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "instance_limit",
+            "instance at its connection limit",
+        ),
+    })?;
+    Ok(Admitted { id, identity, slot })
 }
 
 /// Finishes the upgrade, then hands the connection to a task of its own:

@@ -7,6 +7,7 @@ use std::time::Duration;
 use common::*;
 use roomcast::protocol::ServerEvent;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[tokio::test]
 async fn health_ready_and_metrics() {
@@ -144,4 +145,143 @@ async fn each_room_event_is_encoded_once_per_codec() {
         "{encodes} encodes for {events} events"
     );
     assert!(metric(&text, "roomcast_deliveries_total") >= 30.0, "{text}");
+}
+
+/// `GET path` on a fresh connection: the status, or `None` when the TCP
+/// connection is refused or dropped without an answer.
+async fn status_of(server: &Server, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(&server.addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn during_the_drain_http_answers_ready_503_and_upgrades_503() {
+    let mut server = Server::start(&["--drain-s", "1", "--shutdown-deadline-s", "5"]).await;
+    // Enough connections that the drain spreads over its whole second.
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(server.connect(&format!("d{i}")).await);
+    }
+    server.signal("TERM");
+    let signalled = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = status_of(&server, "/ready").await;
+    assert!(
+        signalled.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(ready, Some(503), "/ready during the drain");
+    assert_eq!(status_of(&server, "/health").await, Some(200));
+    let req = server
+        .url(&format!("?token={}", token("late")))
+        .into_client_request()
+        .expect("request");
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503);
+            let body = resp.body().as_deref().unwrap_or_default();
+            assert_eq!(String::from_utf8_lossy(body), "server draining");
+        }
+        Ok(_) => panic!("upgraded during the drain"),
+        Err(e) => panic!("upgrade during the drain: {e}"),
+    }
+    for c in &mut clients {
+        let frame = c.closed().await.expect("close frame");
+        assert_eq!(u16::from(frame.code), 1001);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("exited before the deadline")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    // Once the drain is over the listener is gone.
+    assert_eq!(status_of(&server, "/ready").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_of_thousands_of_connections_fits_in_the_drain_period() {
+    const N: usize = 2000;
+    let mut server = Server::start(&[
+        "--drain-s",
+        "1",
+        "--shutdown-deadline-s",
+        "10",
+        "--max-connections",
+        "5000",
+    ])
+    .await;
+    let url = server.url(&format!("?token={}", token("many")));
+    let mut clients = Vec::with_capacity(N);
+    // Connected in waves so the listen backlog never overflows.
+    for wave in 0..N / 100 {
+        let mut opening = Vec::new();
+        for i in 0..100 {
+            let url = server.url(&format!("?token={}", token(&format!("m{wave}-{i}"))));
+            opening.push(tokio::spawn(async move {
+                Client::connect(&url, roomcast::protocol::Codec::Json)
+                    .await
+                    .expect("connect")
+            }));
+        }
+        for o in opening {
+            clients.push(o.await.expect("task"));
+        }
+    }
+    drop(url);
+    let started = std::time::Instant::now();
+    server.signal("TERM");
+    let mut drained = Vec::with_capacity(N);
+    for mut c in clients {
+        drained.push(tokio::spawn(async move {
+            let hint = c
+                .recv_matching(|e| matches!(e, ServerEvent::Reconnect { .. }))
+                .await;
+            let ServerEvent::Reconnect { after_ms, .. } = hint else {
+                unreachable!("matched above")
+            };
+            let frame = c.closed().await.expect("close frame");
+            assert_eq!(u16::from(frame.code), 1001);
+            (after_ms, started.elapsed())
+        }));
+    }
+    let mut after = Vec::with_capacity(N);
+    let mut last_close = Duration::ZERO;
+    for d in drained {
+        let (after_ms, at) = d.await.expect("drained");
+        after.push(after_ms);
+        last_close = last_close.max(at);
+    }
+    // The drain period plus slack for a loaded machine; spacing the
+    // closes one timer tick apart took over 5 s here.
+    assert!(
+        last_close < Duration::from_millis(2500),
+        "last close after {last_close:?}"
+    );
+    // Clients are told to come back at spread-out times.
+    after.sort_unstable();
+    after.dedup();
+    assert!(after.len() > 100, "{} distinct delays", after.len());
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("exited")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(4500),
+        "exit after {:?}",
+        started.elapsed()
+    );
 }
