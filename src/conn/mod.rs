@@ -107,7 +107,7 @@ pub fn serve(
             Ending::Killed => (handle.close_code(), true),
             Ending::Queued(code) => (Some(code), true),
             Ending::PeerClosed(code) => (Some(code.unwrap_or(1000)), false),
-            Ending::BadFrames(e) => (Some(e.close_code().code()), true),
+            Ending::BadFrames(code) => (Some(code.code()), true),
             Ending::Gone => (None, false),
         };
         if let (Some(code), true) = (code, ours) {

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use super::handle::{ConnHandle, DirectWrite, Outbound, Outbox};
 use crate::fanout;
 use crate::protocol::{CloseCode, Codec};
-use crate::ws::{self, FrameError, Incoming, Parser};
+use crate::ws::{self, Incoming, Parser};
 
 #[cfg(test)]
 #[path = "write_model.rs"]
@@ -60,8 +60,8 @@ pub enum Ending {
     Queued(u16),
     /// The client sent a close frame, with this code.
     PeerClosed(Option<u16>),
-    /// The client's bytes were not valid frames.
-    BadFrames(FrameError),
+    /// The client's bytes were not valid frames; the error's close code.
+    BadFrames(CloseCode),
     /// The socket closed or failed.
     Gone,
 }
@@ -79,13 +79,14 @@ pub struct Socket {
 
 /// What follows bad frames. The complete messages that arrived before them
 /// are served first; then the connection closes with the error's code,
-/// behind their answers.
+/// behind their answers. Holds the close code rather than the error,
+/// which would make every connection's state larger.
 #[derive(Clone, Copy)]
 enum Bad {
     /// No request was served since: close now.
-    Seen(FrameError),
+    Seen(CloseCode),
     /// Requests were served since: their answers go first.
-    Answering(FrameError),
+    Answering(CloseCode),
     /// The close was queued behind the answers.
     CloseQueued,
 }
@@ -132,7 +133,7 @@ impl Socket {
                 .parser
                 .feed(early, &mut socket.incoming)
                 .err()
-                .map(Bad::Seen);
+                .map(|e| Bad::Seen(e.close_code()));
         }
         socket
     }
@@ -201,7 +202,7 @@ impl Socket {
                     Some(Bad::Answering(e)) => {
                         // Their answers are queued or written: the close
                         // goes behind them (at once if the queue is full).
-                        conn.close_after_queue(e.close_code());
+                        conn.close_after_queue(e);
                         self.bad = Some(Bad::CloseQueued);
                         continue;
                     }
@@ -222,7 +223,7 @@ impl Socket {
                     // Complete messages before an error are kept: they are
                     // served first. Nothing more is read after it.
                     if let Err(e) = self.parser.feed(&chunk[..n], &mut self.incoming) {
-                        self.bad = Some(Bad::Seen(e));
+                        self.bad = Some(Bad::Seen(e.close_code()));
                     }
                 }
                 // Readiness was stale; the next turn waits for it again.
