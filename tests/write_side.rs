@@ -10,6 +10,7 @@ use common::{
     Client, RawFrame, RawWs, Server, client_frame, first_frame, server_metric, split_frames,
 };
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// A client receive buffer small enough to fill within a few frames.
 const SMALL_RCVBUF: u32 = 4096;
@@ -183,4 +184,39 @@ async fn requests_before_a_bad_frame_in_the_same_write_are_answered_first() {
     // The server lives on.
     let mut raw = RawWs::open(&server.addr, "after", None, &[]).await;
     assert_eq!(raw.next_event().await["ev"], "welcome");
+}
+
+#[tokio::test]
+async fn a_reader_that_never_reads_on_is_reset_within_the_finish_timeout() {
+    let server = Server::start(&["--outbound-queue", "4"]).await;
+    let mut stalled = stalled_member(&server).await;
+    let mut publisher = server.connect("pub").await;
+    publisher.join("r").await;
+    flood_until(
+        &server,
+        &mut publisher,
+        r#"roomcast_closes_total{code="4000"}"#,
+    )
+    .await;
+    // The frame in progress cannot be finished: within FINISH_TIMEOUT
+    // (2 s) and some slack the server lets the connection go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while server_metric(&server, "roomcast_connections").await > 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It was reset: no close frame follows the unfinished frame.
+    let bytes = stalled.read_to_end().await;
+    let mut at = 0;
+    while let Some((op, _, used)) = first_frame(&bytes[at..]) {
+        assert_ne!(op, 0x8, "a close frame after a cut frame");
+        at += used;
+    }
+    assert!(
+        at < bytes.len(),
+        "the stream ends inside a frame, by a reset"
+    );
 }
