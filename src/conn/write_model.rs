@@ -301,7 +301,7 @@ fn explore(trace: &mut Vec<Action>, depth: usize) -> u64 {
 }
 
 /// Depth 6 checks about 330,000 states in seconds; `ROOMCAST_MODEL_DEPTH=7`
-/// (about 10^6, half a minute in a debug build) goes deeper.
+/// (some millions, half a minute in a debug build) goes deeper.
 #[test]
 fn every_interleaving_keeps_whole_frames_and_one_close_at_the_end() {
     let depth = std::env::var("ROOMCAST_MODEL_DEPTH")
