@@ -220,3 +220,29 @@ async fn a_reader_that_never_reads_on_is_reset_within_the_finish_timeout() {
         "the stream ends inside a frame, by a reset"
     );
 }
+
+#[tokio::test]
+async fn a_keepalive_timeout_mid_frame_gets_4001_after_whole_frames() {
+    let server = Server::start(&[
+        "--outbound-queue",
+        "4",
+        "--slow-consumer",
+        "drop",
+        "--ping-interval-ms",
+        "1000",
+    ])
+    .await;
+    let mut stalled = stalled_member(&server).await;
+    let mut publisher = server.connect("pub").await;
+    publisher.join("r").await;
+    // The stalled member sends nothing: two to three intervals after its
+    // join, while its socket is full, the sweep closes it with 4001.
+    flood_until(
+        &server,
+        &mut publisher,
+        r#"roomcast_closes_total{code="4001"}"#,
+    )
+    .await;
+    let bytes = stalled.read_to_end().await;
+    assert_whole_frames_then_close(&bytes, 4001);
+}
