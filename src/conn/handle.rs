@@ -46,65 +46,177 @@ pub enum PushError {
     Closed,
 }
 
+/// Who may write to the socket's write side. Bytes of two frames never
+/// interleave because exactly one party writes at a time, and a frame
+/// started by one party is finished by it or handed over whole, as the
+/// first thing the next owner writes:
+///
+/// - `Idle`: nobody is writing and the queue is empty. A pusher holding
+///   the lock may write one frame directly (see [`Outbox::push`]); if the
+///   socket takes all of it the state stays `Idle`, otherwise the
+///   unwritten part becomes the queue's first item and the state `Task`.
+/// - `Task`: the connection task owns the write side. Pushes are queued;
+///   the task takes them only once what it took before is written, and an
+///   empty take returns the state to `Idle`.
+/// - `Closed`: the connection is ending. Pushes fail; the closing task
+///   holds the socket alone, finishes the one frame already started and
+///   only then writes the close frame (see [`super::socket::Socket::close`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Idle,
+    Task,
+    Closed,
+}
+
+/// What a pusher may write to directly: the socket, or a simulated one in
+/// tests.
+pub trait DirectWrite {
+    /// Writes what the socket takes now, without waiting.
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+}
+
+impl DirectWrite for TcpStream {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+}
+
 /// The bounded outbound queue. A plain deque under a mutex rather than a
 /// channel: an idle connection's empty deque allocates nothing (a channel
 /// allocates a block of slots up front), and the connection task takes
 /// everything ready in one lock. The lock is held only to push, swap or
 /// make one non-blocking write, never across an await.
 ///
-/// Direct writes: when the queue is empty and the connection task has
-/// nothing left to write, a pusher writes the frame to the socket itself,
-/// under the lock, and the task is not woken at all. Whoever writes holds
-/// the lock or has set `writing` under it, so bytes never interleave.
-pub struct Outbox {
-    queue: Mutex<Queue>,
+/// Direct writes: while [`Owner::Idle`], a pusher writes the frame to the
+/// socket itself, under the lock, and the task is not woken at all.
+pub struct Outbox<S = TcpStream> {
+    queue: Mutex<Queue<S>>,
     capacity: usize,
 }
 
-struct Queue {
+struct Queue<S> {
     items: VecDeque<Outbound>,
-    /// The connection task owns the socket's write side: it took items it
-    /// has not finished writing, or has not started yet.
-    writing: bool,
-    /// Set when the connection task has stopped: pushes fail at once.
-    closed: bool,
+    owner: Owner,
     /// The socket, for direct writes; `None` until the task starts and
     /// after it stops.
-    stream: Option<Arc<TcpStream>>,
+    stream: Option<Arc<S>>,
 }
 
-impl Outbox {
+/// How a push reached the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Written to the socket whole; the task need not wake.
+    Written,
+    /// Queued (possibly the rest of a frame begun directly): wake the task.
+    Queued,
+}
+
+impl<S: DirectWrite> Outbox<S> {
+    pub fn new(capacity: usize) -> Outbox<S> {
+        Outbox {
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                // The task owns the write side until it has written what
+                // was queued before it started (`welcome`).
+                owner: Owner::Task,
+                stream: None,
+            }),
+            capacity,
+        }
+    }
+
+    /// Writes a frame directly when the write side is idle, queues it
+    /// otherwise. A full queue refuses everything but the unwritten rest
+    /// of a frame begun here, which must reach the socket.
+    pub fn push(&self, item: Outbound) -> Result<Pushed, PushError> {
+        let Ok(mut q) = self.queue.lock() else {
+            return Err(PushError::Closed);
+        };
+        let item = match (q.owner, item) {
+            (Owner::Closed, _) => return Err(PushError::Closed),
+            (Owner::Idle, Outbound::Frame(frame)) => {
+                // Idle means the queue is empty: nothing goes before it.
+                let Some(stream) = q.stream.as_deref() else {
+                    q.owner = Owner::Task;
+                    q.items.push_back(Outbound::Frame(frame));
+                    return Ok(Pushed::Queued);
+                };
+                match stream.try_write(&frame) {
+                    Ok(n) if n == frame.len() => return Ok(Pushed::Written),
+                    Ok(n) if n > 0 => {
+                        // The frame is started: the task finishes it
+                        // before anything else.
+                        q.owner = Owner::Task;
+                        q.items.push_back(Outbound::Rest(frame.slice(n..)));
+                        return Ok(Pushed::Queued);
+                    }
+                    // Full socket or an error: the task writes it (and
+                    // meets the error).
+                    _ => Outbound::Frame(frame),
+                }
+            }
+            (_, other) => other,
+        };
+        if q.items.len() >= self.capacity {
+            return Err(PushError::Full);
+        }
+        q.owner = Owner::Task;
+        q.items.push_back(item);
+        Ok(Pushed::Queued)
+    }
+
     /// Moves every queued item into `into` (which must be empty), in order.
     /// The task calls this only once everything it took before is written,
     /// so an empty take hands the write side back to pushers.
     pub fn take_all(&self, into: &mut VecDeque<Outbound>) {
         if let Ok(mut q) = self.queue.lock() {
+            if q.owner == Owner::Closed {
+                return;
+            }
             std::mem::swap(&mut q.items, into);
-            q.writing = !into.is_empty();
+            q.owner = if into.is_empty() {
+                Owner::Idle
+            } else {
+                Owner::Task
+            };
         }
     }
 
-    /// Takes the write side for the task (to write a frame of its own).
-    pub fn claim(&self) {
+    /// Takes the write side for the task, to write a control frame of its
+    /// own once everything it took before is written: what is queued (the
+    /// rest of a frame a pusher began first) moves into `into`, to go out
+    /// before that frame.
+    pub fn claim(&self, into: &mut VecDeque<Outbound>) {
         if let Ok(mut q) = self.queue.lock() {
-            q.writing = true;
+            if q.owner == Owner::Closed {
+                return;
+            }
+            std::mem::swap(&mut q.items, into);
+            q.owner = Owner::Task;
         }
     }
 
     /// Lets pushers write to `stream` directly once the task has written
     /// what it took.
-    pub fn set_stream(&self, stream: Arc<TcpStream>) {
+    pub fn set_stream(&self, stream: Arc<S>) {
         if let Ok(mut q) = self.queue.lock() {
             q.stream = Some(stream);
         }
     }
 
-    /// Refuses further pushes, frees what is queued and gives up the socket.
-    pub fn shut(&self) {
-        if let Ok(mut q) = self.queue.lock() {
-            q.closed = true;
-            q.items = VecDeque::new();
-            q.stream = None;
+    /// Refuses further pushes, frees what is queued and gives up the
+    /// socket. Returns the unwritten rest of a frame a pusher began, which
+    /// the closing task must finish before its close frame.
+    pub fn shut(&self) -> Option<Bytes> {
+        let Ok(mut q) = self.queue.lock() else {
+            return None;
+        };
+        q.owner = Owner::Closed;
+        q.stream = None;
+        let items = std::mem::take(&mut q.items);
+        match items.into_iter().next() {
+            Some(Outbound::Rest(rest)) => Some(rest),
+            _ => None,
         }
     }
 }
@@ -126,21 +238,6 @@ pub struct ConnHandle {
     /// When a frame last arrived from the client, in ms since [`EPOCH`].
     last_seen: AtomicU64,
     policy: SlowConsumerPolicy,
-}
-
-/// Writes `frame` to the socket without waiting; what could not be written
-/// comes back as the item to queue (`None`: all of it went out).
-fn write_now(stream: Option<&TcpStream>, frame: Bytes) -> Option<Outbound> {
-    let Some(stream) = stream else {
-        return Some(Outbound::Frame(frame));
-    };
-    match stream.try_write(&frame) {
-        Ok(n) if n == frame.len() => None,
-        Ok(0) => Some(Outbound::Frame(frame)),
-        Ok(n) => Some(Outbound::Rest(frame.slice(n..))),
-        // Full socket or an error: the task writes it (and meets the error).
-        Err(_) => Some(Outbound::Frame(frame)),
-    }
 }
 
 /// The origin of [`ConnHandle`]'s clock.
@@ -172,15 +269,7 @@ impl ConnHandle {
             id,
             user,
             codec,
-            outbox: Outbox {
-                queue: Mutex::new(Queue {
-                    items: VecDeque::new(),
-                    writing: true,
-                    closed: false,
-                    stream: None,
-                }),
-                capacity: queue,
-            },
+            outbox: Outbox::new(queue),
             waker: AtomicWaker::new(),
             killed: AtomicBool::new(false),
             close_code: AtomicU16::new(0),
@@ -190,28 +279,9 @@ impl ConnHandle {
     }
 
     fn try_push(&self, item: Outbound) -> Result<(), PushError> {
-        {
-            let Ok(mut q) = self.outbox.queue.lock() else {
-                return Err(PushError::Closed);
-            };
-            if q.closed {
-                return Err(PushError::Closed);
-            }
-            let item = match item {
-                Outbound::Frame(frame) if !q.writing && q.items.is_empty() => {
-                    match write_now(q.stream.as_deref(), frame) {
-                        None => return Ok(()),
-                        Some(rest) => rest,
-                    }
-                }
-                other => other,
-            };
-            if q.items.len() >= self.outbox.capacity {
-                return Err(PushError::Full);
-            }
-            q.items.push_back(item);
+        if self.outbox.push(item)? == Pushed::Queued {
+            self.waker.wake();
         }
-        self.waker.wake();
         Ok(())
     }
 

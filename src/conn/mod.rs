@@ -95,20 +95,22 @@ pub fn serve(
 
         Box::pin(node.disconnect(&handle)).await;
         handle.close(CloseCode::GoingAway);
-        handle.outbox.shut();
+        // From here the socket is the task's alone; a frame a pusher
+        // began comes back to be finished before the close frame.
+        let rest = handle.outbox.shut();
         // The client's own close is echoed; the server's closes are
         // counted and wait for the client to close its side.
         let (code, ours) = match ending {
             Ending::Killed => (handle.close_code(), true),
             Ending::Queued(code) => (Some(code), true),
             Ending::PeerClosed(code) => (Some(code.unwrap_or(1000)), false),
-            Ending::BadFrames(e) => (Some(e.close_code().code()), true),
+            Ending::BadFrames(code) => (Some(code.code()), true),
             Ending::Gone => (None, false),
         };
         if let (Some(code), true) = (code, ours) {
             metrics::closed_with(code);
         }
-        Box::pin(socket.close(code, ours)).await;
+        Box::pin(socket.close(code, ours, rest)).await;
         metrics::connection_closed();
         drop(slot);
     }

@@ -17,10 +17,14 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::handle::{ConnHandle, Outbound};
+use super::handle::{ConnHandle, DirectWrite, Outbound, Outbox};
 use crate::fanout;
 use crate::protocol::{CloseCode, Codec};
-use crate::ws::{self, FrameError, Incoming, Parser};
+use crate::ws::{self, Incoming, Parser};
+
+#[cfg(test)]
+#[path = "write_model.rs"]
+mod write_model;
 
 /// Bytes read from the socket per read call.
 const READ_CHUNK: usize = 4096;
@@ -31,6 +35,11 @@ const WRITE_SLICES: usize = 64;
 /// How long the close frame may take to reach the peer, and how long the
 /// peer then has to close its side.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long the rest of a frame already partly written may take to reach
+/// a closing peer. A close frame only follows whole frames; a peer that
+/// does not read that long gets a TCP reset instead of a close frame.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the connection task must act on next.
 pub enum Event {
@@ -51,8 +60,8 @@ pub enum Ending {
     Queued(u16),
     /// The client sent a close frame, with this code.
     PeerClosed(Option<u16>),
-    /// The client's bytes were not valid frames.
-    BadFrames(FrameError),
+    /// The client's bytes were not valid frames; the error's close code.
+    BadFrames(CloseCode),
     /// The socket closed or failed.
     Gone,
 }
@@ -63,11 +72,36 @@ pub struct Socket {
     stream: Arc<TcpStream>,
     parser: Parser,
     incoming: VecDeque<Incoming>,
+    write: WriteSide,
+    /// Bad frames seen; nothing is read after them.
+    bad: Option<Bad>,
+}
+
+/// What follows bad frames. The complete messages that arrived before them
+/// are served first; then the connection closes with the error's code,
+/// behind their answers. Holds the close code rather than the error,
+/// which would make every connection's state larger.
+#[derive(Clone, Copy)]
+enum Bad {
+    /// No request was served since: close now.
+    Seen(CloseCode),
+    /// Requests were served since: their answers go first.
+    Answering(CloseCode),
+    /// The close was queued behind the answers.
+    CloseQueued,
+}
+
+/// The task's half of the write side: what it took from the outbox and
+/// has not finished writing.
+pub(super) struct WriteSide {
     /// Scratch for taking the outbound queue in one lock.
     items: VecDeque<Outbound>,
     /// Frames being written, and how much of the first one already was.
     out: VecDeque<Bytes>,
     written: usize,
+    /// The first frame of `out` is partly on the wire: the task wrote some
+    /// of it, or it is the rest of a frame a pusher began.
+    first_started: bool,
     /// Offline entries to acknowledge once `out` is written.
     acks: Vec<u64>,
     /// A queued close, sent once `out` is written.
@@ -76,8 +110,6 @@ pub struct Socket {
     batch: bool,
     /// Whether `welcome`, the first frame, went out; it never joins a batch.
     welcomed: bool,
-    /// Bad frames seen before the task started polling.
-    bad_early: Option<FrameError>,
 }
 
 impl Socket {
@@ -93,18 +125,15 @@ impl Socket {
             stream,
             parser: Parser::new(max_message),
             incoming: VecDeque::new(),
-            items: VecDeque::new(),
-            out: VecDeque::new(),
-            written: 0,
-            acks: Vec::new(),
-            close_after: None,
-            codec,
-            batch,
-            welcomed: false,
-            bad_early: None,
+            write: WriteSide::new(codec, batch),
+            bad: None,
         };
         if !early.is_empty() {
-            socket.bad_early = socket.parser.feed(early, &mut socket.incoming).err();
+            socket.bad = socket
+                .parser
+                .feed(early, &mut socket.incoming)
+                .err()
+                .map(|e| Bad::Seen(e.close_code()));
         }
         socket
     }
@@ -130,15 +159,16 @@ impl Socket {
             match self.poll_write(cx) {
                 Poll::Ready(Err(_)) => return Poll::Ready(Event::End(Ending::Gone)),
                 Poll::Ready(Ok(())) => {
-                    if !self.acks.is_empty() {
-                        return Poll::Ready(Event::Written(std::mem::take(&mut self.acks)));
+                    let w = &mut self.write;
+                    if !w.acks.is_empty() {
+                        return Poll::Ready(Event::Written(std::mem::take(&mut w.acks)));
                     }
-                    if let Some(code) = self.close_after {
+                    if let Some(code) = w.close_after {
                         return Poll::Ready(Event::End(Ending::Queued(code)));
                     }
-                    conn.outbox.take_all(&mut self.items);
-                    if !self.items.is_empty() {
-                        self.enqueue();
+                    conn.outbox.take_all(&mut w.items);
+                    if !w.items.is_empty() {
+                        w.enqueue();
                         continue;
                     }
                 }
@@ -153,31 +183,32 @@ impl Socket {
             }
             match next {
                 Some(Incoming::Text(b) | Incoming::Binary(b)) => {
+                    if let Some(Bad::Seen(e)) = self.bad {
+                        self.bad = Some(Bad::Answering(e));
+                    }
                     return Poll::Ready(Event::Request(b));
                 }
                 Some(Incoming::Ping(p)) => {
-                    // A client that pings without reading gets no more
-                    // pongs than a full write holds (RFC 6455 lets a pong
-                    // answer only the latest ping).
-                    if self.out.len() < WRITE_SLICES {
-                        // The task writes the pong itself: it takes the
-                        // write side from pushers first.
-                        conn.outbox.claim();
-                        self.out.push_back(ws::frame(ws::OP_PONG, &p));
-                    }
+                    self.write.answer_ping(&p, &conn.outbox);
                     continue;
                 }
                 Some(Incoming::Pong) => continue,
                 Some(Incoming::Close(code)) => {
                     return Poll::Ready(Event::End(Ending::PeerClosed(code)));
                 }
-                None => {
-                    // Frames that arrived with the upgrade request come
-                    // first, then their error, if any.
-                    if let Some(e) = self.bad_early.take() {
-                        return Poll::Ready(Event::End(Ending::BadFrames(e)));
+                // The messages that came before bad frames were served.
+                None => match self.bad {
+                    Some(Bad::Seen(e)) => return Poll::Ready(Event::End(Ending::BadFrames(e))),
+                    Some(Bad::Answering(e)) => {
+                        // Their answers are queued or written: the close
+                        // goes behind them (at once if the queue is full).
+                        conn.close_after_queue(e);
+                        self.bad = Some(Bad::CloseQueued);
+                        continue;
                     }
-                }
+                    Some(Bad::CloseQueued) => return Poll::Pending,
+                    None => {}
+                },
             }
             match self.stream.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => {}
@@ -189,8 +220,10 @@ impl Socket {
                 Ok(0) => return Poll::Ready(Event::End(Ending::Gone)),
                 Ok(n) => {
                     conn.seen();
+                    // Complete messages before an error are kept: they are
+                    // served first. Nothing more is read after it.
                     if let Err(e) = self.parser.feed(&chunk[..n], &mut self.incoming) {
-                        return Poll::Ready(Event::End(Ending::BadFrames(e)));
+                        self.bad = Some(Bad::Seen(e.close_code()));
                     }
                 }
                 // Readiness was stale; the next turn waits for it again.
@@ -200,13 +233,165 @@ impl Socket {
         }
     }
 
+    /// Writes `out` until it is empty or the socket is full.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.write.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let count = self.write.slices(&mut slices);
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.write.advance(n),
+                // Readiness was stale; the next turn waits for it again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.write.release();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ends the connection. `rest` is what [`Outbox::shut`] returned: the
+    /// unwritten rest of a frame a pusher began.
+    ///
+    /// A close frame goes out only after whole frames: the one frame
+    /// already started (by the task or by a pusher) is finished first,
+    /// within [`FINISH_TIMEOUT`]; what was not started is dropped (a kill
+    /// discards it, and a queued close only ends the connection once it
+    /// was written). If that frame or the close frame cannot be written in
+    /// time, the connection is reset instead. Then the socket half-closes
+    /// and, with `linger`, waits briefly for the peer to close its side, so
+    /// the close frame is not lost to a reset.
+    ///
+    /// Called after the outbox was shut, so the socket is the task's alone.
+    pub async fn close(mut self, code: Option<u16>, linger: bool, rest: Option<Bytes>) {
+        let started = self.write.started(rest);
+        let Ok(mut stream) = Arc::try_unwrap(self.stream) else {
+            // Still shared (it should not be): dropping the last reference
+            // closes it.
+            return;
+        };
+        if let Some(started) = started
+            && !write_within(&mut stream, &started, FINISH_TIMEOUT).await
+        {
+            return reset(stream);
+        }
+        if let Some(code) = code {
+            let frame = ws::close_frame(code, CloseCode::reason_of(code));
+            if !write_within(&mut stream, &frame, CLOSE_TIMEOUT).await {
+                return reset(stream);
+            }
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
+        if linger {
+            let mut sink = [0u8; 256];
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        }
+    }
+}
+
+/// Writes all of `bytes` within `limit`.
+async fn write_within(stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, stream.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Drops the connection with a TCP reset: the peer sees an abrupt end
+/// rather than a frame cut off by an orderly close.
+fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+impl WriteSide {
+    pub(super) fn new(codec: Codec, batch: bool) -> WriteSide {
+        WriteSide {
+            items: VecDeque::new(),
+            out: VecDeque::new(),
+            written: 0,
+            first_started: false,
+            acks: Vec::new(),
+            close_after: None,
+            codec,
+            batch,
+            welcomed: false,
+        }
+    }
+
+    /// Answers a client's ping. The pong goes after what the task is
+    /// writing; with nothing left to write, the task first claims the
+    /// write side from pushers, together with what they queued (the rest
+    /// of a frame one began goes before the pong).
+    ///
+    /// A client that pings without reading gets no more pongs than a full
+    /// write holds (RFC 6455 lets a pong answer only the latest ping).
+    pub(super) fn answer_ping<S: DirectWrite>(&mut self, payload: &[u8], outbox: &Outbox<S>) {
+        if self.out.len() >= WRITE_SLICES {
+            return;
+        }
+        if self.out.is_empty() {
+            outbox.claim(&mut self.items);
+            self.enqueue();
+        }
+        self.out.push_back(ws::frame(ws::OP_PONG, payload));
+    }
+
+    /// Fills `slices` with the frames to write next; returns how many.
+    pub(super) fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut count = 0;
+        for (i, f) in self.out.iter().take(slices.len()).enumerate() {
+            let skip = if i == 0 { self.written } else { 0 };
+            slices[i] = IoSlice::new(&f[skip..]);
+            count += 1;
+        }
+        count
+    }
+
+    /// Whether everything taken was written.
+    #[cfg(test)]
+    pub(super) fn is_flushed(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Frees `out` once written: idle connections keep no buffers.
+    fn release(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = VecDeque::new();
+        }
+    }
+
+    /// The unwritten rest of the one frame already started, if any: the
+    /// task's own first frame, or else `rest`, begun by a pusher (never
+    /// both: a pusher begins a frame only while the task has nothing to
+    /// write). Everything else taken is dropped.
+    pub(super) fn started(&mut self, rest: Option<Bytes>) -> Option<Bytes> {
+        let mine = match self.first_started {
+            false => None,
+            true => self.out.pop_front().map(|f| f.slice(self.written..)),
+        };
+        self.out = VecDeque::new();
+        self.written = 0;
+        self.first_started = false;
+        mine.or(rest)
+    }
+
     /// Moves the taken queue items into `out`; with `batch`, the data
     /// frames ready together become one `batch` frame.
-    fn enqueue(&mut self) {
+    pub(super) fn enqueue(&mut self) {
         let mut data = Vec::new();
         for item in self.items.drain(..) {
             match item {
-                Outbound::Rest(rest) => self.out.push_back(rest),
+                Outbound::Rest(rest) => {
+                    // Taken only into an empty `out`: a pusher begins a
+                    // frame only while the task has nothing to write.
+                    self.first_started = self.out.is_empty();
+                    self.out.push_back(rest);
+                }
                 Outbound::Frame(f) if !self.batch => self.out.push_back(f),
                 Outbound::Frame(f) => data.push(f),
                 Outbound::Queued { frames, upto } => {
@@ -247,68 +432,18 @@ impl Socket {
         }
     }
 
-    /// Writes `out` until it is empty or the socket is full.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
-            let mut count = 0;
-            for (i, f) in self.out.iter().take(WRITE_SLICES).enumerate() {
-                let skip = if i == 0 { self.written } else { 0 };
-                slices[i] = IoSlice::new(&f[skip..]);
-                count += 1;
-            }
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write_vectored(&slices[..count]) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => self.advance(n),
-                // Readiness was stale; the next turn waits for it again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        if self.out.capacity() > 0 {
-            self.out = VecDeque::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn advance(&mut self, mut n: usize) {
+    pub(super) fn advance(&mut self, mut n: usize) {
         while let Some(front) = self.out.front() {
             let left = front.len() - self.written;
             if n < left {
                 self.written += n;
+                self.first_started |= n > 0;
                 return;
             }
             n -= left;
             self.written = 0;
+            self.first_started = false;
             self.out.pop_front();
-        }
-    }
-
-    /// Ends the connection: sends the close frame for `code` (if any),
-    /// then half-closes and waits briefly for the peer to close its side,
-    /// so the close frame is not lost to a reset.
-    ///
-    /// Called after the outbox was shut, so the socket is the task's alone.
-    /// What is still in `out` is dropped: a kill discards it, and a queued
-    /// close only ends the connection once it was written.
-    pub async fn close(self, code: Option<u16>, linger: bool) {
-        let Ok(mut stream) = Arc::try_unwrap(self.stream) else {
-            // Still shared (it should not be): dropping the last reference
-            // closes it.
-            return;
-        };
-        if let Some(code) = code {
-            let frame = ws::close_frame(code, CloseCode::reason_of(code));
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.write_all(&frame)).await;
-        }
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
-        if linger {
-            let mut sink = [0u8; 256];
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-            })
-            .await;
         }
     }
 }

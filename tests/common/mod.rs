@@ -510,3 +510,175 @@ impl Redis {
         .await
     }
 }
+
+/// A masked client frame of any length.
+pub fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x1f, 0x22, 0x83, 0x04];
+    let mut f = vec![if fin { 0x80 } else { 0 } | op];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    f
+}
+
+/// A server frame read back from raw bytes: opcode and payload.
+pub type RawFrame = (u8, Vec<u8>);
+
+/// Splits server bytes into whole frames. Fails when a frame is malformed
+/// or the bytes end inside a frame (`Err` holds the frames before it and
+/// how many bytes were left over).
+pub fn split_frames(mut bytes: &[u8]) -> Result<Vec<RawFrame>, (Vec<RawFrame>, String)> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        let bad = |frames: Vec<RawFrame>, why: String| Err((frames, why));
+        if bytes.len() < 2 {
+            return bad(frames, format!("{} bytes of a frame header", bytes.len()));
+        }
+        if bytes[0] & 0x70 != 0 || bytes[1] & 0x80 != 0 || bytes[0] & 0x80 == 0 {
+            return bad(frames, format!("not a server frame: {:02x?}", &bytes[..2]));
+        }
+        let (len, at) = match bytes[1] & 0x7f {
+            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 if bytes.len() >= 10 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&bytes[2..10]);
+                (u64::from_be_bytes(n) as usize, 10)
+            }
+            126 | 127 => return bad(frames, "cut frame header".into()),
+            n => (n as usize, 2),
+        };
+        if bytes.len() < at + len {
+            return bad(
+                frames,
+                format!(
+                    "the bytes end inside a frame of {len} bytes ({} left)",
+                    bytes.len() - at
+                ),
+            );
+        }
+        frames.push((bytes[0] & 0x0f, bytes[at..at + len].to_vec()));
+        bytes = &bytes[at + len..];
+    }
+    Ok(frames)
+}
+
+/// A WebSocket client over a raw TCP socket, for tests that must control
+/// exactly when the client reads and what bytes it sends.
+pub struct RawWs {
+    pub tcp: TcpStream,
+    /// Bytes read after the 101 response.
+    pub buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Connects as `user` with a receive buffer of about `rcvbuf` bytes
+    /// (so a client that stops reading fills up quickly), sends the
+    /// upgrade request followed by `extra`, and reads the 101 response.
+    pub async fn open(addr: &str, user: &str, rcvbuf: Option<u32>, extra: &[u8]) -> RawWs {
+        use tokio::io::AsyncWriteExt;
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(n) = rcvbuf {
+            socket.set_recv_buffer_size(n).expect("SO_RCVBUF");
+        }
+        let mut tcp = socket
+            .connect(addr.parse().expect("addr"))
+            .await
+            .expect("connect");
+        let request = format!(
+            "GET /ws?token={} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            token(user)
+        );
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(extra);
+        tcp.write_all(&bytes).await.expect("write");
+        let mut raw = RawWs {
+            tcp,
+            buf: Vec::new(),
+        };
+        let end = loop {
+            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(raw.fill().await > 0, "closed before the 101");
+        };
+        let head = String::from_utf8_lossy(&raw.buf[..end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        raw.buf.drain(..end);
+        raw
+    }
+
+    /// Reads once (waiting at most [`WAIT`]); 0 at the end of the stream.
+    pub async fn fill(&mut self) -> usize {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 65536];
+        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk))
+            .await
+            .expect("server answered in time")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Reads until a whole text frame arrived and returns its JSON,
+    /// leaving what follows it in `buf`. Skips control frames.
+    pub async fn next_event(&mut self) -> Value {
+        loop {
+            if let Some((op, payload, used)) = first_frame(&self.buf) {
+                self.buf.drain(..used);
+                if op == 0x1 {
+                    return serde_json::from_slice(&payload).expect("json");
+                }
+                continue;
+            }
+            assert!(self.fill().await > 0, "closed while waiting for an event");
+        }
+    }
+
+    /// Reads everything until the server ends the connection (a close, a
+    /// reset, or [`WAIT`] without a byte) and returns all of it.
+    pub async fn read_to_end(&mut self) -> Vec<u8> {
+        while self.fill().await > 0 {}
+        std::mem::take(&mut self.buf)
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.tcp.write_all(bytes).await.expect("write");
+    }
+}
+
+/// The first whole frame of `bytes`: opcode, payload, bytes used.
+pub fn first_frame(bytes: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    let (len, at) = match *bytes.get(1)? & 0x7f {
+        126 => (
+            u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?]) as usize,
+            4,
+        ),
+        127 => {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(bytes.get(2..10)?);
+            (u64::from_be_bytes(n) as usize, 10)
+        }
+        n => (n as usize, 2),
+    };
+    let payload = bytes.get(at..at + len)?.to_vec();
+    Some((bytes[0] & 0x0f, payload, at + len))
+}
+
+/// A counter from the server's `/metrics`.
+pub async fn server_metric(server: &Server, name: &str) -> f64 {
+    let (_, body) = http_get(&server.http("/metrics")).await;
+    metric(&body, name)
+}
