@@ -329,6 +329,11 @@ fn close(payload: &[u8]) -> Result<Incoming, FrameError> {
         [] => Ok(Incoming::Close(None)),
         [_] => Err(FrameError::Protocol("close payload of one byte")),
         [a, b, reason @ ..] => {
+            // The reason is checked before the code, as the tungstenite
+            // framing did: a frame with both faults still closes with 1007.
+            if std::str::from_utf8(reason).is_err() {
+                return Err(FrameError::InvalidUtf8);
+            }
             let code = u16::from_be_bytes([*a, *b]);
             // Registered codes an endpoint may send (1004-1006 and 1015 are
             // reserved or only for reporting), and the ranges for libraries
@@ -336,9 +341,6 @@ fn close(payload: &[u8]) -> Result<Incoming, FrameError> {
             let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
             if !valid {
                 return Err(FrameError::Protocol("invalid close code"));
-            }
-            if std::str::from_utf8(reason).is_err() {
-                return Err(FrameError::InvalidUtf8);
             }
             Ok(Incoming::Close(Some(code)))
         }
