@@ -572,4 +572,15 @@ mod tests {
             Err(FrameError::Protocol("continuation without a message"))
         );
     }
+
+    #[test]
+    fn a_close_with_a_bad_code_and_a_bad_reason_is_invalid_utf8() {
+        // As with the tungstenite framing: the reason is checked first.
+        let mut p = Parser::new(16);
+        let payload = [0x03, 0xe7, 0xff];
+        assert_eq!(
+            parse_all(&mut p, &client(true, OP_CLOSE, &payload)),
+            Err(FrameError::InvalidUtf8)
+        );
+    }
 }

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 /// Autobahn's 16 MiB to keep the run short).
 const MAX: usize = 4 << 20;
 /// How long a case waits for an expected answer.
-const WAIT: Duration = Duration::from_secs(5);
+const WAIT: Duration = Duration::from_secs(10);
 /// How long a fail-fast case waits for the close before sending the rest.
 const FAST: Duration = Duration::from_millis(700);
 
@@ -1834,7 +1834,7 @@ async fn autobahn_case_groups() {
     let verdicts: Vec<Verdict> = futures_util::stream::iter(cases.list.into_iter().map(|c| {
         let id = c.id.clone();
         async move {
-            tokio::time::timeout(Duration::from_secs(20), c.run)
+            tokio::time::timeout(Duration::from_secs(30), c.run)
                 .await
                 .unwrap_or_else(|_| Failed(format!("case {id} timed out")))
         }
