@@ -1307,6 +1307,27 @@ fn closing<'a>(cases: &mut Cases<'a>, s: &'a Server) {
         "text after the close: no answer",
         after_close(frame(true, TEXT, br#"{"op":"ping","id":5}"#)),
     );
+    // The same with the extra frame in a later write, after the server
+    // may have closed its socket.
+    let after_close_later = |extra: Vec<u8>| -> CaseFuture<'a> {
+        Box::pin(async move {
+            let mut c = Raw::open(s).await;
+            c.send(&frame(true, CLOSE, &close_payload(1000, b""))).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c.send(&extra).await;
+            c.expect_echo(1000).await
+        })
+    };
+    cases.add(
+        "7.1.3b",
+        "ping written 50 ms after the close: no pong",
+        after_close_later(frame(true, PING, b"Hello World!")),
+    );
+    cases.add(
+        "7.1.4b",
+        "text written 50 ms after the close: no answer",
+        after_close_later(frame(true, TEXT, br#"{"op":"ping","id":5}"#)),
+    );
     cases.add(
         "7.1.5",
         "first fragment, close, last fragment: no answer",
