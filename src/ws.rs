@@ -329,8 +329,9 @@ fn close(payload: &[u8]) -> Result<Incoming, FrameError> {
         [] => Ok(Incoming::Close(None)),
         [_] => Err(FrameError::Protocol("close payload of one byte")),
         [a, b, reason @ ..] => {
-            // The reason is checked before the code, as the tungstenite
-            // framing did: a frame with both faults still closes with 1007.
+            // The reason is checked before the code, as in the tungstenite
+            // framing this replaced: a frame with both faults closes with
+            // 1007, as it did then.
             if std::str::from_utf8(reason).is_err() {
                 return Err(FrameError::InvalidUtf8);
             }
