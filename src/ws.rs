@@ -122,13 +122,39 @@ impl FrameError {
     }
 }
 
+/// A fragmented message so far: its opcode, its payload, and for text how
+/// much of the payload is known to be UTF-8, so that invalid text fails at
+/// the fragment that holds it rather than at the end of the message.
+#[derive(Debug)]
+struct Fragments {
+    op: u8,
+    body: Vec<u8>,
+    checked: usize,
+}
+
+impl Fragments {
+    /// Checks the text received since the last call; a code point cut at
+    /// the end is left for the next fragment.
+    fn check_utf8(&mut self) -> Result<(), FrameError> {
+        if self.op != OP_TEXT {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.body[self.checked..]) {
+            Ok(_) => self.checked = self.body.len(),
+            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+            Err(_) => return Err(FrameError::InvalidUtf8),
+        }
+        Ok(())
+    }
+}
+
 /// The incremental frame parser of one connection.
 #[derive(Debug, Default)]
 pub struct Parser {
     /// Bytes of a frame not yet complete; empty between frames.
     partial: Vec<u8>,
-    /// A fragmented message so far: its opcode and payload.
-    message: Option<(u8, Vec<u8>)>,
+    /// A fragmented message so far.
+    message: Option<Fragments>,
     /// The largest message accepted, in bytes.
     max: usize,
 }
@@ -210,7 +236,19 @@ impl Parser {
         if control && (!fin || len > CONTROL_MAX as u64) {
             return Err(FrameError::Protocol("bad control frame"));
         }
-        let so_far = self.message.as_ref().map_or(0, |(_, m)| m.len());
+        // Sequence faults are known from the header: they fail before the
+        // payload arrives, and before the size check (a new message is not
+        // part of the unfinished one).
+        match (op, self.message.is_some()) {
+            (OP_CONTINUATION, false) => {
+                return Err(FrameError::Protocol("continuation without a message"));
+            }
+            (OP_TEXT | OP_BINARY, true) => {
+                return Err(FrameError::Protocol("new message inside a fragmented one"));
+            }
+            _ => {}
+        }
+        let so_far = self.message.as_ref().map_or(0, |m| m.body.len());
         if !control && len.saturating_add(so_far as u64) > self.max as u64 {
             return Err(FrameError::TooBig);
         }
@@ -229,25 +267,38 @@ impl Parser {
             OP_PONG => out.push_back(Incoming::Pong),
             OP_CLOSE => out.push_back(close(&unmask(masked, mask, Vec::new()))?),
             OP_CONTINUATION => {
-                let Some((first, body)) = self.message.take() else {
+                let Some(mut m) = self.message.take() else {
                     return Err(FrameError::Protocol("continuation without a message"));
                 };
-                let body = unmask(masked, mask, body);
+                m.body = unmask(masked, mask, m.body);
+                m.check_utf8()?;
                 if fin {
-                    out.push_back(complete(first, body)?);
+                    // The text was checked fragment by fragment; only a
+                    // code point cut off at the end is left.
+                    if m.op == OP_TEXT && m.checked != m.body.len() {
+                        return Err(FrameError::InvalidUtf8);
+                    }
+                    out.push_back(if m.op == OP_TEXT {
+                        Incoming::Text(m.body)
+                    } else {
+                        Incoming::Binary(m.body)
+                    });
                 } else {
-                    self.message = Some((first, body));
+                    self.message = Some(m);
                 }
             }
             _ => {
-                if self.message.is_some() {
-                    return Err(FrameError::Protocol("new message inside a fragmented one"));
-                }
                 let body = unmask(masked, mask, Vec::new());
                 if fin {
                     out.push_back(complete(op, body)?);
                 } else {
-                    self.message = Some((op, body));
+                    let mut m = Fragments {
+                        op,
+                        body,
+                        checked: 0,
+                    };
+                    m.check_utf8()?;
+                    self.message = Some(m);
                 }
             }
         }
@@ -278,13 +329,19 @@ fn close(payload: &[u8]) -> Result<Incoming, FrameError> {
         [] => Ok(Incoming::Close(None)),
         [_] => Err(FrameError::Protocol("close payload of one byte")),
         [a, b, reason @ ..] => {
-            let code = u16::from_be_bytes([*a, *b]);
-            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
-            if !valid {
-                return Err(FrameError::Protocol("invalid close code"));
-            }
+            // The reason is checked before the code, as in the tungstenite
+            // framing this replaced: a frame with both faults closes with
+            // 1007, as it did then.
             if std::str::from_utf8(reason).is_err() {
                 return Err(FrameError::InvalidUtf8);
+            }
+            let code = u16::from_be_bytes([*a, *b]);
+            // Registered codes an endpoint may send (1004-1006 and 1015 are
+            // reserved or only for reporting), and the ranges for libraries
+            // and applications.
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !valid {
+                return Err(FrameError::Protocol("invalid close code"));
             }
             Ok(Incoming::Close(Some(code)))
         }
@@ -444,5 +501,87 @@ mod tests {
         p.feed(&bytes[5000..], &mut out).expect("valid frames");
         assert_eq!(out.len(), 1);
         assert_eq!(p.partial.capacity(), 0);
+    }
+
+    #[test]
+    fn registered_close_codes_1012_to_1014_are_accepted() {
+        for code in [
+            1000u16, 1003, 1007, 1010, 1011, 1012, 1013, 1014, 3000, 4999,
+        ] {
+            let mut p = Parser::new(16);
+            let got = parse_all(&mut p, &client(true, OP_CLOSE, &code.to_be_bytes()));
+            assert_eq!(got, Ok(vec![Incoming::Close(Some(code))]), "{code}");
+        }
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            let mut p = Parser::new(16);
+            let got = parse_all(&mut p, &client(true, OP_CLOSE, &code.to_be_bytes()));
+            assert_eq!(
+                got,
+                Err(FrameError::Protocol("invalid close code")),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_text_fails_at_the_fragment_that_holds_it() {
+        // The message is not finished, but no ending can make it UTF-8.
+        let mut p = Parser::new(1024);
+        let first = client(false, OP_TEXT, &[b'a', 0xc3, 0x28]);
+        assert_eq!(parse_all(&mut p, &first), Err(FrameError::InvalidUtf8));
+        // A code point cut between fragments is fine...
+        let mut p = Parser::new(1024);
+        let bytes = [
+            client(false, OP_TEXT, &[b'a', 0xe2]),
+            client(false, OP_CONTINUATION, &[0x82]),
+            client(true, OP_CONTINUATION, &[0xac, b'b']),
+        ]
+        .concat();
+        assert_eq!(
+            parse_all(&mut p, &bytes),
+            Ok(vec![Incoming::Text("a\u{20ac}b".as_bytes().to_vec())])
+        );
+        // ...but not one left unfinished at the end of the message.
+        let mut p = Parser::new(1024);
+        let bytes = [
+            client(false, OP_TEXT, &[b'a', 0xe2]),
+            client(true, OP_CONTINUATION, &[0x82]),
+        ]
+        .concat();
+        assert_eq!(parse_all(&mut p, &bytes), Err(FrameError::InvalidUtf8));
+    }
+
+    #[test]
+    fn fragment_sequence_faults_fail_on_the_header() {
+        // A new message inside a fragmented one is a protocol error even
+        // when both together would exceed the limit.
+        let mut p = Parser::new(1024);
+        let bytes = [
+            client(false, OP_TEXT, &[b'x'; 1000]),
+            client(true, OP_BINARY, &[b'y'; 100]),
+        ]
+        .concat();
+        assert_eq!(
+            parse_all(&mut p, &bytes),
+            Err(FrameError::Protocol("new message inside a fragmented one"))
+        );
+        // A continuation with nothing to continue fails before its payload.
+        let mut p = Parser::new(1024);
+        let header = &client(true, OP_CONTINUATION, &[0; 100])[..6];
+        assert_eq!(
+            parse_all(&mut p, header),
+            Err(FrameError::Protocol("continuation without a message"))
+        );
+    }
+
+    #[test]
+    fn a_close_with_a_bad_code_and_a_bad_reason_is_invalid_utf8() {
+        // As with the tungstenite framing: the reason is checked first.
+        let mut p = Parser::new(16);
+        let payload = [0x03, 0xe7, 0xff];
+        assert_eq!(
+            parse_all(&mut p, &client(true, OP_CLOSE, &payload)),
+            Err(FrameError::InvalidUtf8)
+        );
     }
 }
