@@ -32,23 +32,13 @@ const WAIT: Duration = Duration::from_secs(10);
 /// How long a fail-fast case waits for the close before sending the rest.
 const FAST: Duration = Duration::from_secs(2);
 
-/// Cases that are not OK because of the connection's read, write or
-/// close path (src/conn), not the framing: printed as expected failures
-/// (FAILED or NON-STRICT) until that side is fixed. The parser hands over
-/// every message before a bad frame, but src/conn/socket.rs ends the
-/// connection on the parse error without running the messages that came
-/// in the same read.
-const KNOWN_CONN_DEFECTS: &[&str] = &["3.2", "4.1.2", "4.1.4", "4.2.2", "4.2.4", "5.15"];
+/// Cases known not to be OK because of the connection's read, write or
+/// close path (src/conn), not the framing: printed as expected failures.
+/// None today; a case listed here that passes is reported, to be removed.
+const KNOWN_CONN_DEFECTS: &[&str] = &[];
 
-/// Cases that are not OK because of the HTTP upgrade (src/server.rs), not
-/// the framing; printed as expected failures until the handshake is fixed.
-const KNOWN_HANDSHAKE_DEFECTS: &[&str] = &[
-    // A wrong version gets 400 without `Sec-WebSocket-Version: 13`
-    // (RFC 6455 4.4 asks for it, with 426 as the example status).
-    "0.3", // A key that is not 16 bytes of base64 is accepted (RFC 6455 4.2.1).
-    "0.9", // An HTTP/1.0 request is upgraded; RFC 6455 4.2.1 asks for HTTP/1.1.
-    "0.13",
-];
+/// Likewise for the HTTP upgrade (src/server/handshake.rs). None today.
+const KNOWN_HANDSHAKE_DEFECTS: &[&str] = &[];
 
 #[derive(Debug, Clone, PartialEq)]
 enum Verdict {

@@ -94,6 +94,7 @@ pub fn check<'a>(
         .get(header::SEC_WEBSOCKET_KEY)
         .filter(|_| header_has(headers, header::UPGRADE, "websocket"))
         .filter(|_| header_has(headers, header::CONNECTION, "upgrade"))
+        .filter(|k| is_websocket_key(k.as_bytes()))
         .ok_or(Refusal::NotWebSocket)?;
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -155,6 +156,13 @@ pub fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) ->
         v.to_str()
             .is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
     })
+}
+
+/// Whether a `Sec-WebSocket-Key` is 16 bytes in base64 (RFC 6455 4.1):
+/// 22 base64 digits and `==`.
+fn is_websocket_key(key: &[u8]) -> bool {
+    let digit = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24 && key[..22].iter().all(digit) && &key[22..] == b"=="
 }
 
 #[cfg(test)]
@@ -236,6 +244,20 @@ mod tests {
             assert_eq!(refusal, Refusal::NotWebSocket);
             assert_eq!(refusal.status(), StatusCode::BAD_REQUEST);
             assert!(refusal.headers().is_empty());
+        }
+        for key in [
+            "",
+            "c2hvcnQ=",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ!=",
+            "dGhlIHNhbXBsZSBub25jZQ==x",
+        ] {
+            let h = request(&[("sec-websocket-key", key)]);
+            assert_eq!(
+                check(Version::HTTP_11, &h, "").err(),
+                Some(Refusal::NotWebSocket),
+                "{key:?}"
+            );
         }
         let h = request(&[("upgrade", "h2c")]);
         assert_eq!(
