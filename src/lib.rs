@@ -5,10 +5,15 @@
 //! - [`config`]: flags, environment and file, validated per subsystem.
 //! - [`auth`]: JWT verification before the upgrade.
 //! - [`session`]: per-connection rate limit, validation, permissions (pure).
-//! - [`registry`]: room/user/connection maps kept consistent.
-//! - [`fanout`]: encode once per codec, queue to every recipient.
-//! - [`conn`]: one connection's reader loop, writer task and handle.
-//! - [`bus`]: the bus between instances; [`offline`] queues of standalone mode.
+//! - [`registry`]: room/user/connection maps kept consistent; member lists
+//!   as snapshots for fan-out.
+//! - [`fanout`]: encode once per codec, push to every recipient outside any
+//!   lock; lanes for big rooms.
+//! - [`ws`]: WebSocket framing, both directions (pure).
+//! - [`conn`]: one task per connection: the request loop, the socket (reads,
+//!   writes, close) and the handle others push to.
+//! - [`hub`]: the local side: registry, local delivery, the attach gate.
+//! - [`bus`]: only what crosses instances; [`offline`] queues of standalone mode.
 //! - [`node`]: one instance's shared state and command execution.
 //! - [`slots`]: per-instance and per-user connection slots.
 //! - [`server`]: HTTP routes and the WebSocket upgrade; [`shutdown`].

@@ -243,7 +243,9 @@ pub struct ConnHandle {
 /// The origin of [`ConnHandle`]'s clock.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-fn now_ms() -> u64 {
+/// Milliseconds since [`EPOCH`], on the monotonic clock (message
+/// timestamps use wall time: `node::now_ms`).
+fn mono_ms() -> u64 {
     EPOCH.elapsed().as_millis() as u64
 }
 
@@ -273,7 +275,7 @@ impl ConnHandle {
             waker: AtomicWaker::new(),
             killed: AtomicBool::new(false),
             close_code: AtomicU16::new(0),
-            last_seen: AtomicU64::new(now_ms()),
+            last_seen: AtomicU64::new(mono_ms()),
             policy,
         })
     }
@@ -326,12 +328,12 @@ impl ConnHandle {
 
     /// Notes that the client was just heard from.
     pub fn seen(&self) {
-        self.last_seen.store(now_ms(), Ordering::Relaxed);
+        self.last_seen.store(mono_ms(), Ordering::Relaxed);
     }
 
     /// How long ago the client was last heard from.
     pub fn silent_for(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.last_seen.load(Ordering::Relaxed)))
+        Duration::from_millis(mono_ms().saturating_sub(self.last_seen.load(Ordering::Relaxed)))
     }
 
     pub fn is_killed(&self) -> bool {
