@@ -344,6 +344,32 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_outlives_joins_and_leaves_unchanged() {
+        let reg = Registry::new();
+        let room: Arc<str> = scoped("", "r");
+        let (a, b, c) = (conn(1, "/a"), conn(2, "/b"), conn(3, "/c"));
+        for x in [&a, &b, &c] {
+            reg.add_conn(x);
+        }
+        reg.join(&a, &room, 10).expect("join");
+        reg.join(&b, &room, 10).expect("join");
+        let snapshot = reg.room_members(&room).expect("members");
+        reg.leave(&a, &room).expect("leave");
+        reg.join(&c, &room, 10).expect("join");
+        let ids = |m: &Members| m.iter().map(|h| h.id).collect::<Vec<_>>();
+        assert_eq!(ids(&snapshot), vec![1, 2]);
+        let mut now = ids(&reg.room_members(&room).expect("members"));
+        now.sort_unstable();
+        assert_eq!(now, vec![2, 3]);
+        // Without a snapshot held, the list is changed in place.
+        drop(snapshot);
+        let before = Arc::as_ptr(&reg.room_members(&room).expect("members"));
+        reg.leave(&c, &room).expect("leave");
+        let after = Arc::as_ptr(&reg.room_members(&room).expect("members"));
+        assert_eq!(before, after);
+    }
+
+    #[test]
     fn max_rooms_is_enforced() {
         let reg = Registry::new();
         let c = conn(1, "/a");
