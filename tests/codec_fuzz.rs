@@ -6,7 +6,7 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use roomcast::protocol::codec::MAX_DEPTH;
 use roomcast::protocol::message::{ClientFrame, MAX_REQ_ID_LEN};
-use roomcast::protocol::{Codec, ErrorCode, ReqId, ServerEvent};
+use roomcast::protocol::{Codec, Data, ErrorCode, ReqId, ServerEvent};
 use serde_json::{Map, Number, Value};
 
 /// The stack of a tokio worker thread, where the server decodes frames.
@@ -78,7 +78,11 @@ fn arb_frame() -> impl Strategy<Value = ClientFrame> {
         proptest::option::of(arb_req_id()),
         proptest::option::of(any::<String>()),
         proptest::option::of(any::<String>()),
-        proptest::option::of(arb_value().prop_filter("not null", |v| !v.is_null())),
+        proptest::option::of(
+            arb_value()
+                .prop_filter("not null", |v| !v.is_null())
+                .prop_map(Data::from),
+        ),
     )
         .prop_map(|(op, id, room, to, data)| ClientFrame {
             op,
@@ -311,7 +315,7 @@ fn deepest_events_decode_on_a_worker_stack() {
         let ev = ServerEvent::Message {
             room: "a".into(),
             from: "u".into(),
-            data: std::borrow::Cow::Owned(data),
+            data: std::borrow::Cow::Owned(Data::from(data)),
             ts: 1,
             mid: "m".into(),
         };
