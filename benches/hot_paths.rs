@@ -11,19 +11,19 @@ use roomcast::config::SlowConsumerPolicy;
 use roomcast::conn::handle::ConnHandle;
 use roomcast::fanout;
 use roomcast::protocol::message::ClientFrame;
-use roomcast::protocol::{Codec, ServerEvent};
+use roomcast::protocol::{Codec, Data, ServerEvent};
 use roomcast::registry::{Registry, scoped};
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn main() {
     divan::main();
 }
 
-fn payload() -> Value {
-    json!({"t": 123_456_789u64, "p": 17, "s": 4242, "x": "x".repeat(64)})
+fn payload() -> Data {
+    Data::from(json!({"t": 123_456_789u64, "p": 17, "s": 4242, "x": "x".repeat(64)}))
 }
 
-fn message_event(data: &Value) -> ServerEvent<'_> {
+fn message_event(data: &Data) -> ServerEvent<'_> {
     ServerEvent::Message {
         room: Cow::Borrowed("encounter:42"),
         from: Cow::Borrowed("user-17"),

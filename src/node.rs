@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,7 +16,7 @@ use crate::bus::{Bus, BusError, DirectMessage, RoomEvent, RoomMessage, SendOutco
 use crate::config::Config;
 use crate::conn::handle::{ConnHandle, ConnId};
 use crate::hub::Hub;
-use crate::protocol::ErrorCode;
+use crate::protocol::{Data, ErrorCode};
 use crate::registry::{JoinError, Registry, unscoped};
 use crate::slots::Slots;
 pub use crate::slots::{ConnSlot, SlotRefusal};
@@ -233,7 +232,7 @@ impl Node {
         &self,
         conn: &Arc<ConnHandle>,
         room: &Arc<str>,
-        data: Value,
+        data: Data,
     ) -> Result<(), OpError> {
         if !self.registry.is_member(conn.id, room) {
             return Err(OpError::new(
@@ -262,7 +261,7 @@ impl Node {
         &self,
         conn: &Arc<ConnHandle>,
         to: &Arc<str>,
-        data: Value,
+        data: Data,
     ) -> Result<SendOutcome, OpError> {
         let msg = DirectMessage {
             from: unscoped(&conn.user).to_owned(),

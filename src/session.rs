@@ -5,12 +5,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::Value;
-
 use crate::auth::Identity;
 use crate::config::LimitsConfig;
 use crate::protocol::message::ClientOp;
-use crate::protocol::{CloseCode, ErrorCode};
+use crate::protocol::{CloseCode, Data, ErrorCode};
 use crate::registry::scoped;
 
 /// Longest room name, in bytes.
@@ -32,17 +30,8 @@ pub fn valid_room_name(name: &str) -> bool {
 /// nesting limits.
 pub const MAX_DATA_DEPTH: usize = 32;
 
-/// Whether `v` nests at most `max` arrays and objects.
-pub fn depth_within(v: &Value, max: usize) -> bool {
-    match v {
-        Value::Array(items) => max > 0 && items.iter().all(|i| depth_within(i, max - 1)),
-        Value::Object(map) => max > 0 && map.values().all(|i| depth_within(i, max - 1)),
-        _ => true,
-    }
-}
-
-fn check_data(data: &Value) -> Result<(), Refusal> {
-    if depth_within(data, MAX_DATA_DEPTH) {
+fn check_data(data: &Data) -> Result<(), Refusal> {
+    if data.depth() <= MAX_DATA_DEPTH {
         Ok(())
     } else {
         Err(Refusal::Error(
@@ -57,8 +46,8 @@ fn check_data(data: &Value) -> Result<(), Refusal> {
 pub enum Command {
     Join { room: Arc<str> },
     Leave { room: Arc<str> },
-    Publish { room: Arc<str>, data: Value },
-    Send { to: Arc<str>, data: Value },
+    Publish { room: Arc<str>, data: Data },
+    Send { to: Arc<str>, data: Data },
     Presence { room: Arc<str> },
     Ping,
 }
@@ -233,19 +222,28 @@ mod tests {
 
     #[test]
     fn data_depth() {
-        let mut v = Value::Null;
-        for _ in 0..MAX_DATA_DEPTH {
-            v = Value::Array(vec![v]);
-        }
-        assert!(depth_within(&v, MAX_DATA_DEPTH));
-        let deeper = Value::Array(vec![v]);
-        assert!(!depth_within(&deeper, MAX_DATA_DEPTH));
+        let nested = |depth: usize| {
+            let text = format!(r#"{}"[[[{{"{}"#, "[".repeat(depth), "]".repeat(depth));
+            Data::from_json(&text).expect("valid JSON")
+        };
         let s = Session::new(identity(None, ""), &limits(), Instant::now());
-        assert!(matches!(
+        let publish = |data| {
             s.command(ClientOp::Publish {
                 room: "r".into(),
-                data: deeper
-            }),
+                data,
+            })
+        };
+        assert!(publish(nested(MAX_DATA_DEPTH)).is_ok());
+        assert!(matches!(
+            publish(nested(MAX_DATA_DEPTH + 1)),
+            Err(Refusal::Error(ErrorCode::BadRequest, _))
+        ));
+        let send = s.command(ClientOp::Send {
+            to: "bob".into(),
+            data: nested(MAX_DATA_DEPTH + 1),
+        });
+        assert!(matches!(
+            send,
             Err(Refusal::Error(ErrorCode::BadRequest, _))
         ));
     }
@@ -313,11 +311,11 @@ mod tests {
         assert_eq!(
             s.command(ClientOp::Send {
                 to: "bob".into(),
-                data: Value::Null
+                data: Data::null()
             }),
             Ok(Command::Send {
                 to: "t1/bob".into(),
-                data: Value::Null
+                data: Data::null()
             })
         );
     }

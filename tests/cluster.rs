@@ -105,11 +105,11 @@ fn is_message(e: &Event) -> bool {
     matches!(e, ServerEvent::Message { .. })
 }
 
-fn direct_data(e: &Event) -> Option<(&str, &Value, bool)> {
+fn direct_data(e: &Event) -> Option<(&str, Value, bool)> {
     match e {
         ServerEvent::Direct {
             from, data, queued, ..
-        } => Some((from.as_ref(), data.as_ref(), *queued)),
+        } => Some((from.as_ref(), data.to_value().ok()?, *queued)),
         _ => None,
     }
 }
@@ -151,7 +151,7 @@ async fn room_fan_out_crosses_instances_in_both_codecs() {
     assert!(
         matches!(&got, ServerEvent::Message { from, room, .. } if from == "bob" && room == "encounter:42")
     );
-    assert_eq!(message_data(&got), Some(&json!({"hp": 7})));
+    assert_eq!(message_data(&got), Some(json!({"hp": 7})));
 
     // One sender's messages keep their order across instances.
     for i in 0..20 {
@@ -161,7 +161,7 @@ async fn room_fan_out_crosses_instances_in_both_codecs() {
         let got = bob
             .recv_matching(|e| matches!(e, ServerEvent::Message { from, .. } if from == "alice"))
             .await;
-        assert_eq!(message_data(&got), Some(&json!(i)));
+        assert_eq!(message_data(&got), Some(json!(i)));
     }
     // Everyone got each message exactly once: the publisher's own instance
     // delivered it locally and dropped the copy that came back from Redis.
@@ -169,12 +169,12 @@ async fn room_fan_out_crosses_instances_in_both_codecs() {
         let got = alice
             .recv_matching(|e| matches!(e, ServerEvent::Message { from, .. } if from == "alice"))
             .await;
-        assert_eq!(message_data(&got), Some(&json!(i)));
+        assert_eq!(message_data(&got), Some(json!(i)));
     }
     let own = bob
         .recv_matching(|e| matches!(e, ServerEvent::Message { from, .. } if from == "bob"))
         .await;
-    assert_eq!(message_data(&own), Some(&json!({"hp": 7})));
+    assert_eq!(message_data(&own), Some(json!({"hp": 7})));
     alice
         .expect_none(Duration::from_millis(500), is_message)
         .await;
@@ -200,7 +200,7 @@ async fn direct_messages_reach_the_instances_holding_the_user() {
         let got = bob.recv_matching(|e| direct_data(e).is_some()).await;
         assert_eq!(
             direct_data(&got),
-            Some(("alice", &json!({"roll": 20}), false))
+            Some(("alice", json!({"roll": 20}), false))
         );
         bob.expect_none(Duration::from_millis(300), |e| direct_data(e).is_some())
             .await;
@@ -210,11 +210,11 @@ async fn direct_messages_reach_the_instances_holding_the_user() {
     }
     for i in 0..10 {
         let got = bob_b.recv_matching(|e| direct_data(e).is_some()).await;
-        assert_eq!(direct_data(&got).map(|d| d.1), Some(&json!(i)));
+        assert_eq!(direct_data(&got).map(|d| d.1), Some(json!(i)));
     }
     bob_b.send_to("alice", json!("hi")).await;
     let got = alice.recv_matching(|e| direct_data(e).is_some()).await;
-    assert_eq!(direct_data(&got), Some(("bob", &json!("hi"), false)));
+    assert_eq!(direct_data(&got), Some(("bob", json!("hi"), false)));
     // Nothing was queued for a user who was online.
     assert_eq!(last_line(&redis.cli(&["LLEN", "rc:offline:{/bob}"])), "0");
 }
@@ -235,7 +235,7 @@ async fn offline_queue_filled_on_one_instance_drains_on_another() {
         let got = dave.recv_matching(|e| direct_data(e).is_some()).await;
         assert_eq!(
             direct_data(&got),
-            Some(("alice", &json!({"n": i}), true)),
+            Some(("alice", json!({"n": i}), true)),
             "message {i}"
         );
     }
@@ -246,7 +246,7 @@ async fn offline_queue_filled_on_one_instance_drains_on_another() {
     .await;
     alice.send_to("dave", json!("live")).await;
     let got = dave.recv_matching(|e| direct_data(e).is_some()).await;
-    assert_eq!(direct_data(&got), Some(("alice", &json!("live"), false)));
+    assert_eq!(direct_data(&got), Some(("alice", json!("live"), false)));
     drop(dave);
 
     // Back on the first instance: nothing is delivered twice.
@@ -403,7 +403,7 @@ async fn a_killed_instance_is_reaped_by_a_survivor() {
     let got = bob.recv_matching(|e| direct_data(e).is_some()).await;
     assert_eq!(
         direct_data(&got),
-        Some(("alice", &json!("while you were out"), true))
+        Some(("alice", json!("while you were out"), true))
     );
 }
 
@@ -425,7 +425,7 @@ async fn delivery_resumes_after_redis_restarts_empty() {
     // Local traffic keeps flowing; a message for an offline user is held.
     alice.publish("room", json!("during")).await;
     let got = alice.recv_matching(is_message).await;
-    assert_eq!(message_data(&got), Some(&json!("during")));
+    assert_eq!(message_data(&got), Some(json!("during")));
     alice.send_to("erin", json!("held")).await;
 
     let redis = Redis::start_on(port).await;
@@ -434,12 +434,12 @@ async fn delivery_resumes_after_redis_restarts_empty() {
     // Subscriptions, routes and presence were re-asserted into the empty Redis.
     alice.publish("room", json!("after")).await;
     let got = bob
-        .recv_matching(|e| message_data(e) == Some(&json!("after")))
+        .recv_matching(|e| message_data(e) == Some(json!("after")))
         .await;
     assert!(matches!(got, ServerEvent::Message { .. }));
     alice.send_to("bob", json!("dm")).await;
     let got = bob.recv_matching(|e| direct_data(e).is_some()).await;
-    assert_eq!(direct_data(&got), Some(("alice", &json!("dm"), false)));
+    assert_eq!(direct_data(&got), Some(("alice", json!("dm"), false)));
     assert_eq!(presence_of(&mut bob, "room").await, vec!["alice", "bob"]);
     assert_eq!(
         last_line(&redis.cli(&["ZCARD", "rc:instances"])),
@@ -449,7 +449,7 @@ async fn delivery_resumes_after_redis_restarts_empty() {
     // The held message went to Redis and reaches erin on the other instance.
     let mut erin = b.connect("erin").await;
     let got = erin.recv_matching(|e| direct_data(e).is_some()).await;
-    assert_eq!(direct_data(&got), Some(("alice", &json!("held"), true)));
+    assert_eq!(direct_data(&got), Some(("alice", json!("held"), true)));
 }
 
 #[tokio::test]
@@ -474,7 +474,7 @@ async fn no_queued_message_is_lost_across_a_redis_restart() {
     let mut frank = b.connect("frank").await;
     for i in 1..=4 {
         let got = frank.recv_matching(|e| direct_data(e).is_some()).await;
-        assert_eq!(direct_data(&got), Some(("alice", &json!(i), true)));
+        assert_eq!(direct_data(&got), Some(("alice", json!(i), true)));
     }
     frank
         .expect_none(Duration::from_millis(300), |e| direct_data(e).is_some())
@@ -561,7 +561,7 @@ async fn a_lost_registration_is_reasserted_without_a_reconnect() {
     let got = bob.recv_matching(|e| direct_data(e).is_some()).await;
     assert_eq!(
         direct_data(&got),
-        Some(("alice", &json!("still here"), false))
+        Some(("alice", json!("still here"), false))
     );
     // Nobody was announced as gone: Redis forgot them, they never left.
     bob.expect_none(Duration::from_millis(200), |e| {

@@ -6,7 +6,7 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use roomcast::protocol::codec::MAX_DEPTH;
 use roomcast::protocol::message::{ClientFrame, MAX_REQ_ID_LEN};
-use roomcast::protocol::{Codec, ErrorCode, ReqId, ServerEvent};
+use roomcast::protocol::{Codec, Data, ErrorCode, ReqId, ServerEvent};
 use serde_json::{Map, Number, Value};
 
 /// The stack of a tokio worker thread, where the server decodes frames.
@@ -55,6 +55,14 @@ fn arb_value() -> impl Strategy<Value = Value> {
     })
 }
 
+fn value_depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(value_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn arb_req_id() -> impl Strategy<Value = ReqId> {
     prop_oneof![
         any::<u64>().prop_map(ReqId::Num),
@@ -78,7 +86,11 @@ fn arb_frame() -> impl Strategy<Value = ClientFrame> {
         proptest::option::of(arb_req_id()),
         proptest::option::of(any::<String>()),
         proptest::option::of(any::<String>()),
-        proptest::option::of(arb_value().prop_filter("not null", |v| !v.is_null())),
+        proptest::option::of(
+            arb_value()
+                .prop_filter("not null", |v| !v.is_null())
+                .prop_map(Data::from),
+        ),
     )
         .prop_map(|(op, id, room, to, data)| ClientFrame {
             op,
@@ -178,6 +190,18 @@ proptest! {
         let text = serde_json::to_string(&x).expect("a finite float encodes");
         let back: Value = Codec::Json.decode(text.as_bytes()).expect("a float decodes");
         prop_assert_eq!(back.as_f64(), Some(x), "{} was parsed inexactly", text);
+    }
+
+    /// Raw `data` is checked without a value tree: its depth (brackets in
+    /// strings do not count) and its compact text match what a value gives.
+    #[test]
+    fn raw_data_depth_and_whitespace_match_a_value(value in arb_value()) {
+        let pretty = serde_json::to_string_pretty(&value).expect("a value encodes");
+        let data = Data::from_json(&pretty).expect("valid JSON is valid data");
+        let compact = serde_json::to_string(&value).expect("a value encodes");
+        prop_assert_eq!(data.json(), compact.as_str());
+        prop_assert_eq!(data.depth(), value_depth(&value));
+        prop_assert_eq!(data.to_value().ok(), Some(value));
     }
 
     #[test]
@@ -311,7 +335,7 @@ fn deepest_events_decode_on_a_worker_stack() {
         let ev = ServerEvent::Message {
             room: "a".into(),
             from: "u".into(),
-            data: std::borrow::Cow::Owned(data),
+            data: std::borrow::Cow::Owned(Data::from(data)),
             ts: 1,
             mid: "m".into(),
         };

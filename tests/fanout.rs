@@ -66,7 +66,7 @@ async fn small_latency(sender: &mut Client, receiver: &mut Client, n: usize) -> 
         .send(&ClientFrame::new("publish").room("small").data(json!(n)))
         .await;
     receiver
-        .recv_matching(|e| message_data(e) == Some(&json!(n)))
+        .recv_matching(|e| message_data(e) == Some(json!(n)))
         .await;
     sent.elapsed()
 }

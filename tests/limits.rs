@@ -221,6 +221,7 @@ async fn slow_consumer(policy: &str) -> (Client, Server) {
         let ServerEvent::Message { data, .. } = ev else {
             unreachable!("matched a message")
         };
+        let data = data.to_value().expect("data is JSON");
         assert_eq!(data["seq"], json!(seq), "fast member lost or reordered");
     }
     // The room kept moving although one member read nothing.

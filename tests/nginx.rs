@@ -388,7 +388,7 @@ async fn scenario() {
     for c in [&mut alice, &mut bob] {
         for from in ["a", "b"] {
             let ev = c
-                .recv_matching(|e| message_data(e) == Some(&json!({ "from": from })))
+                .recv_matching(|e| message_data(e) == Some(json!({ "from": from })))
                 .await;
             assert!(matches!(&ev, ServerEvent::Message { room, .. } if room == "table"));
         }
@@ -438,7 +438,7 @@ async fn scenario() {
     alice.join("table").await;
     bob.publish("table", json!({"after": "drain"})).await;
     alice
-        .recv_matching(|e| message_data(e) == Some(&json!({"after": "drain"})))
+        .recv_matching(|e| message_data(e) == Some(json!({"after": "drain"})))
         .await;
     let (status, _) = http_get(&nginx.http("/ready")).await;
     assert_eq!(status, 200, "/ready via nginx with one instance left");

@@ -22,7 +22,7 @@ async fn queued_directs(c: &mut Client, n: usize) -> Vec<serde_json::Value> {
             } => {
                 assert!(queued, "backlog must be flagged queued");
                 assert_eq!(from, "alice");
-                out.push(data.into_owned());
+                out.push(data.to_value().expect("data is JSON"));
             }
             other => panic!("{other:?}"),
         }

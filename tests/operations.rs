@@ -132,7 +132,7 @@ async fn each_room_event_is_encoded_once_per_codec() {
             let got = c
                 .recv_matching(|e| matches!(e, ServerEvent::Message { .. }))
                 .await;
-            assert_eq!(message_data(&got), Some(&json!(n)));
+            assert_eq!(message_data(&got), Some(json!(n)));
         }
     }
     let (_, text) = http_get(&server.http("/metrics")).await;

@@ -148,12 +148,12 @@ async fn json_and_msgpack_clients_interoperate() {
     let got = m
         .recv_matching(|e| matches!(e, ServerEvent::Message { .. }))
         .await;
-    assert_eq!(message_data(&got), Some(&data));
+    assert_eq!(message_data(&got), Some(data));
     m.publish("lobby", json!("from msgpack")).await;
     let got = j
         .recv_matching(|e| matches!(e, ServerEvent::Message { from, .. } if from == "mp-user"))
         .await;
-    assert_eq!(message_data(&got), Some(&json!("from msgpack")));
+    assert_eq!(message_data(&got), Some(json!("from msgpack")));
     // Direct messages cross codecs too.
     j.send_to("mp-user", json!({"dm": 1})).await;
     let got = m
@@ -218,7 +218,7 @@ async fn tenants_never_see_each_other() {
     let got = a1
         .recv_matching(|e| matches!(e, ServerEvent::Message { .. }))
         .await;
-    assert_eq!(message_data(&got), Some(&json!("t1 only")));
+    assert_eq!(message_data(&got), Some(json!("t1 only")));
     // b2 sends to "alice": only t2's alice gets it.
     b2.send_to("alice", json!("hi t2")).await;
     let got = a2

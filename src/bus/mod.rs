@@ -13,11 +13,10 @@ pub mod redis;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use thiserror::Error;
 
 use crate::offline::Queued;
-use crate::protocol::ServerEvent;
+use crate::protocol::{Data, ServerEvent};
 use std::borrow::Cow;
 
 /// A message published to a room.
@@ -25,7 +24,7 @@ use std::borrow::Cow;
 pub struct RoomMessage {
     /// Sender's user id, unscoped.
     pub from: String,
-    pub data: Value,
+    pub data: Data,
     pub ts: u64,
     pub mid: String,
 }
@@ -68,7 +67,7 @@ impl RoomEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DirectMessage {
     pub from: String,
-    pub data: Value,
+    pub data: Data,
     pub ts: u64,
     pub mid: String,
 }

@@ -7,10 +7,9 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
 use super::codes::ErrorCode;
+use super::payload::{Data, deserialize_via_value};
+use serde::{Deserialize, Serialize};
 
 /// Longest client-chosen request id, in bytes, when it is a string.
 pub const MAX_REQ_ID_LEN: usize = 64;
@@ -94,7 +93,7 @@ pub struct ClientFrame {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
+    pub data: Option<Data>,
 }
 
 impl ClientFrame {
@@ -120,8 +119,8 @@ impl ClientFrame {
         self
     }
 
-    pub fn data(mut self, data: Value) -> Self {
-        self.data = Some(data);
+    pub fn data(mut self, data: impl Into<Data>) -> Self {
+        self.data = Some(data.into());
         self
     }
 }
@@ -143,8 +142,8 @@ impl From<&str> for ReqId {
 pub enum ClientOp {
     Join { room: String },
     Leave { room: String },
-    Publish { room: String, data: Value },
-    Send { to: String, data: Value },
+    Publish { room: String, data: Data },
+    Send { to: String, data: Data },
     Presence { room: String },
     Ping,
 }
@@ -203,11 +202,11 @@ impl ClientFrame {
             },
             "publish" => ClientOp::Publish {
                 room: need(self.room, "room")?,
-                data: self.data.unwrap_or(Value::Null),
+                data: self.data.unwrap_or_else(Data::null),
             },
             "send" => ClientOp::Send {
                 to: need(self.to, "to")?,
-                data: self.data.unwrap_or(Value::Null),
+                data: self.data.unwrap_or_else(Data::null),
             },
             "presence" => ClientOp::Presence {
                 room: need(self.room, "room")?,
@@ -284,13 +283,15 @@ pub enum ServerEvent<'a> {
     Message {
         room: Cow<'a, str>,
         from: Cow<'a, str>,
-        data: Cow<'a, Value>,
+        #[serde(deserialize_with = "deserialize_via_value")]
+        data: Cow<'a, Data>,
         ts: u64,
         mid: Cow<'a, str>,
     },
     Direct {
         from: Cow<'a, str>,
-        data: Cow<'a, Value>,
+        #[serde(deserialize_with = "deserialize_via_value")]
+        data: Cow<'a, Data>,
         ts: u64,
         mid: Cow<'a, str>,
         queued: bool,

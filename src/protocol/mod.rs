@@ -4,7 +4,9 @@
 pub mod codec;
 pub mod codes;
 pub mod message;
+pub mod payload;
 
 pub use codec::{Codec, DecodeError};
 pub use codes::{CloseCode, ErrorCode};
 pub use message::{ClientOp, Limits, ReqId, ServerEvent};
+pub use payload::Data;

@@ -481,10 +481,10 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Data of a `message` event.
-pub fn message_data(ev: &Event) -> Option<&Value> {
+/// Data of a `message` event, as a value.
+pub fn message_data(ev: &Event) -> Option<Value> {
     match ev {
-        ServerEvent::Message { data, .. } => Some(data),
+        ServerEvent::Message { data, .. } => data.to_value().ok(),
         _ => None,
     }
 }

@@ -208,7 +208,7 @@ mod tests {
     fn msg(n: u64) -> DirectMessage {
         DirectMessage {
             from: "a".into(),
-            data: json!(n),
+            data: json!(n).into(),
             ts: n,
             mid: n.to_string(),
         }

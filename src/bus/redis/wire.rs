@@ -12,15 +12,18 @@
 //! - Global channel `P:global`: `{"origin":..,"type":"instance_gone","instance":".."}`.
 //! - Offline queue entry: `<seq>|<ts_ms>|<msg json>`; Lua reads the two
 //!   numbers without decoding the JSON.
+//!
+//! `data` is written as the compact JSON text it arrived in and read back
+//! as text ([`Data`]), never as a value tree.
 
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::bus::{DirectMessage, RoomEvent, RoomMessage};
 use crate::node::now_ms;
 use crate::offline::Queued;
+use crate::protocol::Data;
 
 #[derive(Serialize)]
 struct RoomOut<'a> {
@@ -30,7 +33,7 @@ struct RoomOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     from: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a Value>,
+    data: Option<&'a Data>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ts: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,8 +49,8 @@ struct RoomIn {
     #[serde(rename = "type")]
     kind: String,
     from: Option<String>,
-    #[serde(default)]
-    data: Value,
+    /// Absent and `null` are the same.
+    data: Option<Data>,
     ts: Option<u64>,
     mid: Option<String>,
     user: Option<String>,
@@ -96,7 +99,7 @@ pub fn decode_room(payload: &[u8]) -> Result<RoomEvent, String> {
     match r.kind.as_str() {
         "message" => Ok(RoomEvent::Message(RoomMessage {
             from: r.from.ok_or("message without from")?,
-            data: r.data,
+            data: r.data.unwrap_or_else(Data::null),
             ts: r.ts.unwrap_or_else(now_ms),
             mid: r
                 .mid
@@ -172,7 +175,7 @@ mod tests {
     fn room_messages_round_trip_and_start_with_the_origin() {
         let ev = RoomEvent::Message(RoomMessage {
             from: "bob".into(),
-            data: json!({"hp": 3}),
+            data: json!({"hp": 3}).into(),
             ts: 5,
             mid: "m-1".into(),
         });
@@ -204,7 +207,7 @@ mod tests {
     fn offline_entries_parse() {
         let msg = DirectMessage {
             from: "a".into(),
-            data: json!("x|y"),
+            data: json!("x|y").into(),
             ts: 1,
             mid: "m".into(),
         };
