@@ -66,7 +66,7 @@ use scripts::Scripts;
 
 /// Timings and sizes of cluster mode. Defaults follow the spec (heartbeat
 /// every 5 s, TTL 15 s).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisTuning {
     /// How often the instance refreshes its heartbeat key and registry score.
     pub heartbeat_interval: Duration,
@@ -110,18 +110,20 @@ impl From<&RedisConfig> for RedisTuning {
 }
 
 impl Default for RedisTuning {
+    /// The defaults of the cluster settings (`config::redis_defaults`).
     fn default() -> Self {
+        use crate::config::redis_defaults as d;
         RedisTuning {
-            heartbeat_interval: Duration::from_secs(5),
-            heartbeat_ttl: Duration::from_secs(15),
-            reaper_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_millis(d::HEARTBEAT_MS),
+            heartbeat_ttl: Duration::from_millis(d::HEARTBEAT_TTL_MS),
+            reaper_interval: Duration::from_millis(d::REAPER_MS),
             reap_lock_ttl: Duration::from_secs(30),
-            command_timeout: Duration::from_secs(3),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
-            outbox_capacity: 10_000,
-            subscriber_buffer: 65_536,
-            startup_wait: Duration::from_secs(10),
+            command_timeout: Duration::from_millis(d::COMMAND_TIMEOUT_MS),
+            reconnect_min: Duration::from_millis(d::RECONNECT_MIN_MS),
+            reconnect_max: Duration::from_millis(d::RECONNECT_MAX_MS),
+            outbox_capacity: d::OUTBOX_MAX,
+            subscriber_buffer: d::SUBSCRIBER_BUFFER,
+            startup_wait: Duration::from_millis(d::STARTUP_WAIT_MS),
         }
     }
 }
