@@ -128,6 +128,11 @@ impl Default for RedisTuning {
     }
 }
 
+/// Capacity of the command client's event channels (errors, reconnects):
+/// a handful of events at a time, and a lagged receiver still counts as
+/// having seen one.
+const EVENT_CHANNEL_CAPACITY: usize = 64;
+
 #[derive(Debug, Error)]
 pub enum ClusterError {
     #[error("invalid redis url: {0}")]
@@ -210,7 +215,6 @@ impl RedisBus {
             ))
             .with_performance_config(|p| {
                 p.default_command_timeout = tuning.command_timeout;
-                p.broadcast_channel_capacity = tuning.subscriber_buffer;
             })
             .with_connection_config(|c| {
                 c.connection_timeout = tuning.command_timeout;
@@ -224,7 +228,14 @@ impl RedisBus {
                     interval: Duration::from_secs(1),
                 };
             });
+        // fred sizes all eight event channels of a client (messages, errors,
+        // reconnects, ...) from one capacity, and tokio allocates every slot
+        // up front: only the subscriber's message channel needs room for a
+        // burst, so the command client keeps a small capacity.
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = EVENT_CHANNEL_CAPACITY);
         let client = builder.build()?;
+        builder
+            .with_performance_config(|p| p.broadcast_channel_capacity = tuning.subscriber_buffer);
         let sub = builder.build_subscriber_client()?;
 
         let keys = Keys::new(&cfg.prefix, instance_id);
