@@ -66,7 +66,7 @@ use scripts::Scripts;
 
 /// Timings and sizes of cluster mode. Defaults follow the spec (heartbeat
 /// every 5 s, TTL 15 s).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisTuning {
     /// How often the instance refreshes its heartbeat key and registry score.
     pub heartbeat_interval: Duration,
@@ -110,21 +110,28 @@ impl From<&RedisConfig> for RedisTuning {
 }
 
 impl Default for RedisTuning {
+    /// The defaults of the cluster settings (`config::redis_defaults`).
     fn default() -> Self {
+        use crate::config::redis_defaults as d;
         RedisTuning {
-            heartbeat_interval: Duration::from_secs(5),
-            heartbeat_ttl: Duration::from_secs(15),
-            reaper_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_millis(d::HEARTBEAT_MS),
+            heartbeat_ttl: Duration::from_millis(d::HEARTBEAT_TTL_MS),
+            reaper_interval: Duration::from_millis(d::REAPER_MS),
             reap_lock_ttl: Duration::from_secs(30),
-            command_timeout: Duration::from_secs(3),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
-            outbox_capacity: 10_000,
-            subscriber_buffer: 65_536,
-            startup_wait: Duration::from_secs(10),
+            command_timeout: Duration::from_millis(d::COMMAND_TIMEOUT_MS),
+            reconnect_min: Duration::from_millis(d::RECONNECT_MIN_MS),
+            reconnect_max: Duration::from_millis(d::RECONNECT_MAX_MS),
+            outbox_capacity: d::OUTBOX_MAX,
+            subscriber_buffer: d::SUBSCRIBER_BUFFER,
+            startup_wait: Duration::from_millis(d::STARTUP_WAIT_MS),
         }
     }
 }
+
+/// Capacity of the command client's event channels (errors, reconnects):
+/// a handful of events at a time, and a lagged receiver still counts as
+/// having seen one.
+const EVENT_CHANNEL_CAPACITY: usize = 64;
 
 #[derive(Debug, Error)]
 pub enum ClusterError {
@@ -208,7 +215,6 @@ impl RedisBus {
             ))
             .with_performance_config(|p| {
                 p.default_command_timeout = tuning.command_timeout;
-                p.broadcast_channel_capacity = tuning.subscriber_buffer;
             })
             .with_connection_config(|c| {
                 c.connection_timeout = tuning.command_timeout;
@@ -222,7 +228,14 @@ impl RedisBus {
                     interval: Duration::from_secs(1),
                 };
             });
+        // fred sizes all eight event channels of a client (messages, errors,
+        // reconnects, ...) from one capacity, and tokio allocates every slot
+        // up front: only the subscriber's message channel needs room for a
+        // burst, so the command client keeps a small capacity.
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = EVENT_CHANNEL_CAPACITY);
         let client = builder.build()?;
+        builder
+            .with_performance_config(|p| p.broadcast_channel_capacity = tuning.subscriber_buffer);
         let sub = builder.build_subscriber_client()?;
 
         let keys = Keys::new(&cfg.prefix, instance_id);
