@@ -86,6 +86,7 @@ impl Node {
         let slots = Arc::new(Slots::new(
             config.limits.max_connections,
             config.limits.max_conns_per_user,
+            hub.registry.clone(),
         ));
         Node {
             config,

@@ -81,10 +81,19 @@ struct ConnEntry {
     rooms: HashSet<Arc<str>>,
 }
 
+/// One user's registered connections and connection slots (see
+/// [`crate::slots`]): connections being upgraded or open. The entry exists
+/// while either is non-zero.
+#[derive(Default)]
+struct UserEntry {
+    conns: Vec<Arc<ConnHandle>>,
+    slots: u32,
+}
+
 #[derive(Default)]
 pub struct Registry {
     rooms: DashMap<Arc<str>, RoomMembers>,
-    users: DashMap<Arc<str>, Vec<Arc<ConnHandle>>>,
+    users: DashMap<Arc<str>, UserEntry>,
     conns: DashMap<ConnId, ConnEntry>,
 }
 
@@ -105,7 +114,43 @@ impl Registry {
         self.users
             .entry(handle.user.clone())
             .or_default()
+            .conns
             .push(handle.clone());
+    }
+
+    /// Takes one of the user's at most `max` connection slots; returns the
+    /// map's key for the user (one shared copy of the name), or `None` at
+    /// the limit.
+    pub fn reserve_user(&self, user: Arc<str>, max: usize) -> Option<Arc<str>> {
+        let mut e = self.users.entry(user).or_default();
+        if e.slots as usize >= max {
+            let unused = e.slots == 0 && e.conns.is_empty();
+            let key = e.key().clone();
+            drop(e);
+            if unused {
+                self.users
+                    .remove_if(&key, |_, u| u.slots == 0 && u.conns.is_empty());
+            }
+            return None;
+        }
+        e.slots += 1;
+        Some(e.key().clone())
+    }
+
+    /// Gives back one of the user's connection slots.
+    pub fn release_user(&self, user: &Arc<str>) {
+        if let Entry::Occupied(mut e) = self.users.entry(user.clone()) {
+            let u = e.get_mut();
+            u.slots = u.slots.saturating_sub(1);
+            if u.slots == 0 && u.conns.is_empty() {
+                e.remove();
+            }
+        }
+    }
+
+    /// Connection slots the user holds.
+    pub fn user_slots(&self, user: &str) -> usize {
+        self.users.get(user).map_or(0, |u| u.slots as usize)
     }
 
     /// Removes a connection from every map. Returns each room it was in,
@@ -117,8 +162,9 @@ impl Registry {
             .map(|(_, e)| e.rooms)
             .unwrap_or_default();
         if let Entry::Occupied(mut e) = self.users.entry(handle.user.clone()) {
-            e.get_mut().retain(|c| c.id != handle.id);
-            if e.get().is_empty() {
+            let u = e.get_mut();
+            u.conns.retain(|c| c.id != handle.id);
+            if u.conns.is_empty() && u.slots == 0 {
                 e.remove();
             }
         }
@@ -214,7 +260,10 @@ impl Registry {
 
     /// The user's local connections, copied out of the map.
     pub fn user_conns(&self, user: &str) -> Vec<Arc<ConnHandle>> {
-        self.users.get(user).map(|c| c.clone()).unwrap_or_default()
+        self.users
+            .get(user)
+            .map(|u| u.conns.clone())
+            .unwrap_or_default()
     }
 
     /// Whether the room has local members.
@@ -242,11 +291,12 @@ impl Registry {
             .collect()
     }
 
-    /// Every local user with its connections.
+    /// Every local user with a registered connection, with its connections.
     pub fn users(&self) -> Vec<(Arc<str>, Vec<Arc<ConnHandle>>)> {
         self.users
             .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
+            .filter(|e| !e.conns.is_empty())
+            .map(|e| (e.key().clone(), e.conns.clone()))
             .collect()
     }
 
@@ -259,7 +309,7 @@ impl Registry {
     }
 
     pub fn user_conn_count(&self, user: &str) -> usize {
-        self.users.get(user).map_or(0, |c| c.len())
+        self.users.get(user).map_or(0, |u| u.conns.len())
     }
 
     pub fn conn_count(&self) -> usize {

@@ -9,8 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
+use crate::registry::Registry;
 
 /// Why no slot was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,59 +27,44 @@ pub struct Slots {
     /// Slots held on the instance. An atomic: one number, updated with a
     /// compare-and-swap so it never passes the limit.
     open: AtomicUsize,
-    /// Slots held per scoped user. A DashMap so that users on different
-    /// shards never contend; a user's count is read and changed under its
-    /// entry's lock, which makes check-and-take one step. Users holding no
-    /// slot have no entry.
-    per_user: DashMap<Arc<str>, usize>,
+    /// Slots held per user are counted in the registry's user entry (read
+    /// and changed under the entry's lock, so check-and-take is one step):
+    /// an entry the user has anyway, rather than a second map that every
+    /// connection would pay for.
+    registry: Arc<Registry>,
 }
 
 impl Slots {
-    pub fn new(max_total: usize, max_per_user: usize) -> Self {
+    pub fn new(max_total: usize, max_per_user: usize, registry: Arc<Registry>) -> Self {
         Slots {
             max_total,
             max_per_user,
             open: AtomicUsize::new(0),
-            per_user: DashMap::new(),
+            registry,
         }
     }
 
-    /// Takes a slot for `user` (a scoped user key): the user's first, so a
-    /// user at its limit is told so even when the instance is full too.
+    /// Takes a slot for `user` (a scoped user key): the instance's first,
+    /// then the user's, so a refusal of either leaves nothing taken.
     /// Dropping the returned slot gives both back.
     pub fn try_take(self: &Arc<Self>, user: Arc<str>) -> Result<ConnSlot, SlotRefusal> {
-        // The slot keeps the map's own key, so a user's connections share
-        // one copy of the name.
-        let user = match self.per_user.entry(user) {
-            Entry::Occupied(mut e) => {
-                if *e.get() >= self.max_per_user {
-                    return Err(SlotRefusal::User);
-                }
-                *e.get_mut() += 1;
-                e.key().clone()
-            }
-            Entry::Vacant(e) => {
-                if self.max_per_user == 0 {
-                    return Err(SlotRefusal::User);
-                }
-                let user = e.key().clone();
-                e.insert(1);
-                user
-            }
-        };
-        // From here on, dropping `slot` gives the user's slot back.
-        let mut slot = ConnSlot {
-            slots: self.clone(),
-            user,
-            instance: false,
-        };
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max_total).then_some(n + 1)
             })
             .map_err(|_| SlotRefusal::Instance)?;
-        slot.instance = true;
-        Ok(slot)
+        // The slot keeps the registry's own key, so a user's connections
+        // share one copy of the name.
+        match self.registry.reserve_user(user, self.max_per_user) {
+            Some(user) => Ok(ConnSlot {
+                slots: self.clone(),
+                user: Some(user),
+            }),
+            None => {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                Err(SlotRefusal::User)
+            }
+        }
     }
 
     /// Slots held on the instance.
@@ -88,37 +72,60 @@ impl Slots {
         self.open.load(Ordering::Acquire)
     }
 
-    /// Slots held by `user` (a scoped user key).
+    /// Slots held by one user.
     pub fn held_by(&self, user: &str) -> usize {
-        self.per_user.get(user).map_or(0, |n| *n)
+        self.registry.user_slots(user)
     }
 
-    fn give_back(&self, user: &Arc<str>) {
-        if let Entry::Occupied(mut e) = self.per_user.entry(user.clone()) {
-            if *e.get() <= 1 {
-                e.remove();
-            } else {
-                *e.get_mut() -= 1;
-            }
+    fn give_back(&self, user: Option<&Arc<str>>) {
+        if let Some(user) = user {
+            self.registry.release_user(user);
         }
+        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// A held connection slot, per user and per instance; dropping it gives
-/// both back.
+/// A slot taken at the upgrade; given back when dropped.
 pub struct ConnSlot {
     slots: Arc<Slots>,
-    user: Arc<str>,
-    /// Whether the instance-wide slot was taken as well.
-    instance: bool,
+    user: Option<Arc<str>>,
+}
+
+impl ConnSlot {
+    /// The user's scoped key, shared with the registry.
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.user.as_ref()
+    }
+
+    /// Keeps the slot for a connection that holds its user's key itself,
+    /// so what every connection carries is one pointer; give it back with
+    /// [`HeldSlot::release`] and the same key.
+    pub fn hold(mut self) -> HeldSlot {
+        self.user = None;
+        HeldSlot {
+            slots: self.slots.clone(),
+        }
+    }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.slots.give_back(&self.user);
-        if self.instance {
-            self.slots.open.fetch_sub(1, Ordering::AcqRel);
+        // After `hold` the slot lives on in the `HeldSlot`.
+        if self.user.is_some() {
+            self.slots.give_back(self.user.as_ref());
         }
+    }
+}
+
+/// A slot held by a live connection (see [`ConnSlot::hold`]).
+#[must_use = "a held slot is given back only by release"]
+pub struct HeldSlot {
+    slots: Arc<Slots>,
+}
+
+impl HeldSlot {
+    pub fn release(self, user: &Arc<str>) {
+        self.slots.give_back(Some(user));
     }
 }
 
@@ -130,9 +137,17 @@ mod tests {
         Arc::from(name)
     }
 
+    fn slots(max_total: usize, max_per_user: usize) -> Arc<Slots> {
+        Arc::new(Slots::new(
+            max_total,
+            max_per_user,
+            Arc::new(Registry::new()),
+        ))
+    }
+
     #[test]
     fn a_user_gets_at_most_its_share_and_gets_it_back() {
-        let slots = Arc::new(Slots::new(10, 2));
+        let slots = slots(10, 2);
         let a1 = slots.try_take(user("/a")).expect("first");
         let _a2 = slots.try_take(user("/a")).expect("second");
         assert_eq!(slots.try_take(user("/a")).err(), Some(SlotRefusal::User));
@@ -145,7 +160,7 @@ mod tests {
 
     #[test]
     fn a_full_instance_refuses_and_keeps_no_user_slot() {
-        let slots = Arc::new(Slots::new(1, 5));
+        let slots = slots(1, 5);
         let _a = slots.try_take(user("/a")).expect("first");
         assert_eq!(
             slots.try_take(user("/b")).err(),
@@ -157,16 +172,21 @@ mod tests {
 
     #[test]
     fn the_last_slot_of_a_user_removes_its_entry() {
-        let slots = Arc::new(Slots::new(10, 3));
+        let slots = slots(10, 3);
         let held: Vec<_> = (0..3).map(|_| slots.try_take(user("/a"))).collect();
         drop(held);
-        assert!(slots.per_user.is_empty());
+        assert_eq!(slots.held_by("/a"), 0);
         assert_eq!(slots.open(), 0);
+        // A held slot is given back by its release.
+        let held = slots.try_take(user("/a")).expect("slot").hold();
+        assert_eq!((slots.open(), slots.held_by("/a")), (1, 1));
+        held.release(&user("/a"));
+        assert_eq!((slots.open(), slots.held_by("/a")), (0, 0));
     }
 
     #[test]
     fn concurrent_takers_never_pass_the_limit() {
-        let slots = Arc::new(Slots::new(1000, 3));
+        let slots = slots(1000, 3);
         let taken: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..16)
                 .map(|_| {

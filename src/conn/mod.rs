@@ -62,7 +62,12 @@ pub fn serve(
         slot,
     } = accepted;
     let limits = &node.config.limits;
-    let user_key = scoped(&identity.tenant, &identity.user);
+    // The slot's key is the registry's copy of the user's name.
+    let user_key = slot
+        .user()
+        .cloned()
+        .unwrap_or_else(|| scoped(&identity.tenant, &identity.user));
+    let slot = slot.hold();
     let handle = ConnHandle::new(
         id,
         user_key,
@@ -112,7 +117,7 @@ pub fn serve(
         }
         Box::pin(socket.close(code, ours, rest)).await;
         metrics::connection_closed();
-        drop(slot);
+        slot.release(&handle.user);
     }
 }
 
