@@ -47,7 +47,11 @@ pub enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    /// One line per event; coloured only when stderr is a terminal and
+    /// NO_COLOR is unset.
     Human,
+    /// One JSON object per line (timestamp, level, target, message and the
+    /// event's fields), for log pipelines.
     Json,
 }
 
@@ -92,9 +96,18 @@ pub struct ServeArgs {
     /// Dev only: accept connections without a token as user `anon-<process tag>-<n>`.
     #[arg(long, env = "ROOMCAST_ALLOW_ANONYMOUS", action = ArgAction::SetTrue)]
     pub allow_anonymous: bool,
-    /// Log output format.
+    /// Log format on stderr.
     #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
+    /// Which log lines to write: a level (error, warn, info, debug, trace)
+    /// and `target=level` directives, comma-separated, e.g. `warn,roomcast=debug`.
+    #[arg(
+        long = "log",
+        env = "ROOMCAST_LOG",
+        value_name = "FILTER",
+        default_value = "info"
+    )]
+    pub log_filter: String,
     /// Largest accepted frame in bytes; larger closes with 1009.
     #[arg(long, env = "ROOMCAST_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
     pub max_message_bytes: usize,
@@ -292,12 +305,19 @@ pub struct Config {
     /// 0: one per CPU core.
     pub worker_threads: usize,
     pub instance_id: String,
-    pub log_format: LogFormat,
+    pub log: LogConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub offline: OfflineConfig,
     pub shutdown: ShutdownConfig,
     pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive list, checked at start.
+    pub filter: String,
 }
 
 #[derive(Debug, Clone)]
@@ -423,12 +443,24 @@ impl TryFrom<ServeArgs> for Config {
                 "redis-reconnect-max-ms must be at least redis-reconnect-min-ms".into(),
             ));
         }
+        let log_filter = match a.log_filter.trim() {
+            "" => "info".to_owned(),
+            f => f.to_owned(),
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
+            return Err(ConfigError::Invalid(format!(
+                "log filter {log_filter:?}: {e}"
+            )));
+        }
         Ok(Config {
             listen: a.listen,
             listen_backlog: a.listen_backlog,
             worker_threads: a.worker_threads,
             instance_id,
-            log_format: a.log_format,
+            log: LogConfig {
+                format: a.log_format,
+                filter: log_filter,
+            },
             auth: AuthConfig {
                 jwt_secret: a.jwt_secret.filter(|s| !s.is_empty()),
                 jwt_public_key: a.jwt_public_key,

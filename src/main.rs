@@ -7,6 +7,8 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+use std::io::IsTerminal;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,40 +19,99 @@ use roomcast::auth::Verifier;
 use roomcast::bus::Bus;
 use roomcast::bus::memory::MemoryBus;
 use roomcast::bus::redis::{RedisBus, RedisTuning};
-use roomcast::config::{self, Command, Config, LogFormat};
+use roomcast::config::{self, Command, Config, LogConfig, LogFormat};
 use roomcast::hub::Hub;
 use roomcast::node::Node;
 use roomcast::offline::MemoryOffline;
 use roomcast::registry::Registry;
 use roomcast::{conn, metrics, server, shutdown};
 
-fn main() -> anyhow::Result<()> {
-    let cli = config::parse_cli()?;
+/// Why the process stops early. Either way it prints `error: <message>`
+/// on stderr, with no backtrace (even under RUST_BACKTRACE): the message
+/// is for the operator, not a crash report.
+enum Fatal {
+    /// A setting it cannot use: exit status 2, as for a usage error.
+    Config(anyhow::Error),
+    /// A failure while starting or running: exit status 1.
+    Run(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Fatal {
+    fn from(e: anyhow::Error) -> Self {
+        Fatal::Run(e)
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal::Config(e)) => {
+            // A malformed flag or config-file line: clap prints its own
+            // message and usage, and exits with status 2.
+            if let Some(e) = e.downcast_ref::<clap::Error>() {
+                e.exit();
+            }
+            eprintln!("error: {}", message(&e));
+            ExitCode::from(2)
+        }
+        Err(Fatal::Run(e)) => {
+            eprintln!("error: {}", message(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once: several errors
+/// already include their source in their own message.
+fn message(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+fn run() -> Result<(), Fatal> {
+    let cli = config::parse_cli().map_err(Fatal::Config)?;
     let Command::Serve(args) = cli.command;
-    let config = Config::try_from(*args)?;
-    init_tracing(config.log_format);
+    let config = Config::try_from(*args).map_err(|e| Fatal::Config(e.into()))?;
+    let verifier = Verifier::from_config(&config.auth).map_err(|e| Fatal::Config(e.into()))?;
+    init_tracing(&config.log);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if config.worker_threads > 0 {
         runtime.worker_threads(config.worker_threads);
     }
-    runtime.build()?.block_on(serve(config))
+    let runtime = runtime.build().context("cannot start the runtime")?;
+    runtime.block_on(serve(config, verifier))
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG")
+fn init_tracing(log: &LogConfig) {
+    // The filter was checked with the rest of the configuration.
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal: in files, journald and
+    // container logs they are noise. NO_COLOR (no-color.org) turns them off.
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    match log.format {
+        LogFormat::Human => builder.with_ansi(ansi).init(),
+        // Fields at the top level beside `message`, as log pipelines expect.
+        LogFormat::Json => builder.with_ansi(false).json().flatten_event(true).init(),
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let verifier = Verifier::from_config(&config.auth)?;
+async fn serve(config: Config, verifier: Verifier) -> Result<(), Fatal> {
     let hub = Arc::new(Hub::new(Arc::new(Registry::new())));
     let handle = metrics::install();
     let (bus, mode) = match &config.redis {
@@ -68,11 +129,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 config.offline.clone(),
                 RedisTuning::from(redis),
                 hub.clone(),
-            )?;
+            )
+            .map_err(|e| Fatal::Config(e.into()))?;
             // Listen ready if Redis answers soon; otherwise serve local
             // traffic, not ready, while the bus keeps reconnecting.
             if !bus.wait_ready().await {
-                tracing::warn!("redis not reachable yet; serving as not ready");
+                tracing::warn!(
+                    "redis not reachable within the startup wait; listening, not ready, while retrying"
+                );
             }
             (Bus::Redis(bus), "cluster")
         }
@@ -80,7 +144,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = server::listen(&config.listen, config.listen_backlog)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
     let node = Arc::new(Node::new(config, hub, bus, verifier, handle));
 
     let sweeper = node.clone();

@@ -1,18 +1,29 @@
 //! Prometheus metrics. Names are fixed here; no label carries a room, a user
 //! or a token (cardinality and privacy).
+//!
+//! [`install`] registers every metric of the server at 0 with its `# HELP`
+//! text, and every series of a labelled counter whose label values are
+//! known in advance (ops, error codes, close codes, rejection and drop
+//! reasons), so a fresh instance's `/metrics` is complete: dashboards and
+//! alerts read 0 instead of "no data". The cluster-only metrics
+//! (`roomcast_redis_*`, in `bus::redis`) are registered the same way when
+//! the Redis bus starts, and a standalone instance exports none of them:
+//! `roomcast_redis_ready 0` there would read as "Redis is down".
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use metrics::{Counter, counter, gauge};
+use metrics::{Counter, counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::protocol::{Codec, ErrorCode};
+use crate::protocol::{CloseCode, Codec, ErrorCode};
 
-/// Installs the global recorder; `/metrics` renders the returned handle.
+/// Installs the global recorder, registers every metric at 0, and returns
+/// the handle `/metrics` renders.
 pub fn install() -> Option<PrometheusHandle> {
     match PrometheusBuilder::new().install_recorder() {
         Ok(handle) => {
+            register();
             let upkeep = handle.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -30,6 +41,196 @@ pub fn install() -> Option<PrometheusHandle> {
     }
 }
 
+/// A metric's type in the `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric: its name, type, help text, and the label whose known
+/// values are each registered at 0 (`None`: no label).
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub label: Option<(&'static str, &'static [&'static str])>,
+}
+
+impl Metric {
+    /// Describes the metric and registers each of its series at 0.
+    pub fn register(&self) {
+        match self.kind {
+            Kind::Counter => describe_counter!(self.name, self.help),
+            Kind::Gauge => describe_gauge!(self.name, self.help),
+        }
+        match self.label {
+            None => self.register_series(&[]),
+            Some((label, values)) => {
+                for value in values {
+                    self.register_series(&[(label, value)]);
+                }
+            }
+        }
+    }
+
+    fn register_series(&self, labels: &[(&'static str, &'static str)]) {
+        // Looking a series up creates it at 0; nothing is counted.
+        let labels: Vec<metrics::Label> = labels
+            .iter()
+            .map(|&(k, v)| metrics::Label::new(k, v))
+            .collect();
+        match self.kind {
+            Kind::Counter => drop(counter!(self.name, labels)),
+            Kind::Gauge => drop(gauge!(self.name, labels)),
+        }
+    }
+}
+
+/// Client operations, in the order of [`op_received`]'s index.
+pub const OPS: [&str; 6] = ["join", "leave", "publish", "send", "presence", "ping"];
+
+/// Every `reason` of `roomcast_upgrades_rejected_total` (the admission
+/// steps of `server`).
+pub const UPGRADE_REJECT_REASONS: [&str; 7] = [
+    "draining",
+    "not_websocket",
+    "origin",
+    "no_token",
+    "bad_token",
+    "user_limit",
+    "instance_limit",
+];
+
+/// Every `reason` of `roomcast_offline_dropped_total`.
+pub const OFFLINE_DROP_REASONS: [&str; 2] = ["cap", "ttl"];
+
+/// The `code` labels of `roomcast_errors_total`: every [`ErrorCode`]
+/// (a unit test holds the two together).
+const ERROR_LABELS: [&str; 9] = [
+    "bad_frame",
+    "unknown_op",
+    "bad_request",
+    "invalid_room",
+    "forbidden",
+    "rate_limited",
+    "too_many_rooms",
+    "not_joined",
+    "unavailable",
+];
+
+/// The `code` labels of `roomcast_closes_total`: the close codes the server
+/// sends ([`CloseCode::ALL`], in its order).
+const CLOSE_LABELS: [&str; 8] = [
+    "1001", "1002", "1007", "1008", "1009", "1011", "4000", "4001",
+];
+
+/// The `codec` labels of `roomcast_encodes_total`, in [`Codec::index`] order.
+const CODEC_LABELS: [&str; 2] = ["json", "msgpack"];
+
+/// Every metric of the server outside cluster mode.
+pub const METRICS: [Metric; 15] = [
+    Metric {
+        name: "roomcast_connections",
+        kind: Kind::Gauge,
+        help: "Open WebSocket connections.",
+        label: None,
+    },
+    Metric {
+        name: "roomcast_connections_opened_total",
+        kind: Kind::Counter,
+        help: "WebSocket connections accepted.",
+        label: None,
+    },
+    Metric {
+        name: "roomcast_upgrades_rejected_total",
+        kind: Kind::Counter,
+        help: "Upgrade requests refused, by reason.",
+        label: Some(("reason", &UPGRADE_REJECT_REASONS)),
+    },
+    Metric {
+        name: "roomcast_closes_total",
+        kind: Kind::Counter,
+        help: "Connections the server closed, by WebSocket close code.",
+        label: Some(("code", &CLOSE_LABELS)),
+    },
+    Metric {
+        name: "roomcast_slow_consumer_drops_total",
+        kind: Kind::Counter,
+        help: "Frames dropped for connections whose outbound queue was full (slow-consumer policy drop).",
+        label: None,
+    },
+    Metric {
+        name: "roomcast_ops_total",
+        kind: Kind::Counter,
+        help: "Client operations received, by op.",
+        label: Some(("op", &OPS)),
+    },
+    Metric {
+        name: "roomcast_errors_total",
+        kind: Kind::Counter,
+        help: "Error events sent to clients, by error code.",
+        label: Some(("code", &ERROR_LABELS)),
+    },
+    Metric {
+        name: "roomcast_deliveries_total",
+        kind: Kind::Counter,
+        help: "Frames queued to local connections (room and direct messages).",
+        label: None,
+    },
+    Metric {
+        name: "roomcast_encodes_total",
+        kind: Kind::Counter,
+        help: "Events serialised, by codec (once per codec per event, shared by all recipients).",
+        label: Some(("codec", &CODEC_LABELS)),
+    },
+    Metric {
+        name: "roomcast_room_events_total",
+        kind: Kind::Counter,
+        help: "Room events fanned out to local members.",
+        label: None,
+    },
+    Metric {
+        name: "roomcast_room_encodes_total",
+        kind: Kind::Counter,
+        help: "Serialisations done for room fan-outs; at most the number of codecs per room event.",
+        label: None,
+    },
+    Metric {
+        name: "roomcast_rooms",
+        kind: Kind::Gauge,
+        help: "Rooms with at least one local member.",
+        label: None,
+    },
+    Metric {
+        name: "roomcast_offline_queued_total",
+        kind: Kind::Counter,
+        help: "Direct messages queued for offline users.",
+        label: None,
+    },
+    Metric {
+        name: "roomcast_offline_delivered_total",
+        kind: Kind::Counter,
+        help: "Queued direct messages delivered when their user came back.",
+        label: None,
+    },
+    Metric {
+        name: "roomcast_offline_dropped_total",
+        kind: Kind::Counter,
+        help: "Queued direct messages dropped, by reason (cap: queue full, ttl: expired).",
+        label: Some(("reason", &OFFLINE_DROP_REASONS)),
+    },
+];
+
+/// Describes every metric and registers each known series at 0.
+fn register() {
+    for m in &METRICS {
+        m.register();
+    }
+    LazyLock::force(&HOT);
+}
+
 pub fn connection_opened() {
     counter!("roomcast_connections_opened_total").increment(1);
     gauge!("roomcast_connections").increment(1.0);
@@ -39,6 +240,7 @@ pub fn connection_closed() {
     gauge!("roomcast_connections").decrement(1.0);
 }
 
+/// Counts a refused upgrade; `reason` is one of [`UPGRADE_REJECT_REASONS`].
 pub fn upgrade_rejected(reason: &'static str) {
     counter!("roomcast_upgrades_rejected_total", "reason" => reason).increment(1);
 }
@@ -58,15 +260,9 @@ static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
     deliveries: counter!("roomcast_deliveries_total"),
     room_events: counter!("roomcast_room_events_total"),
     room_encodes: counter!("roomcast_room_encodes_total"),
-    encodes: [
-        counter!("roomcast_encodes_total", "codec" => "json"),
-        counter!("roomcast_encodes_total", "codec" => "msgpack"),
-    ],
+    encodes: CODEC_LABELS.map(|codec| counter!("roomcast_encodes_total", "codec" => codec)),
     ops: OPS.map(|op| counter!("roomcast_ops_total", "op" => op)),
 });
-
-/// Client operations, in the order of [`op_received`]'s index.
-pub const OPS: [&str; 6] = ["join", "leave", "publish", "send", "presence", "ping"];
 
 /// Counts a client operation; `op` indexes [`OPS`].
 pub fn op_received(op: usize) {
@@ -102,7 +298,10 @@ pub fn slow_consumer_drop() {
 }
 
 pub fn closed_with(code: u16) {
-    counter!("roomcast_closes_total", "code" => code.to_string()).increment(1);
+    match CloseCode::ALL.iter().position(|c| c.code() == code) {
+        Some(i) => counter!("roomcast_closes_total", "code" => CLOSE_LABELS[i]).increment(1),
+        None => counter!("roomcast_closes_total", "code" => code.to_string()).increment(1),
+    }
 }
 
 pub fn offline_queued() {
@@ -113,10 +312,62 @@ pub fn offline_delivered(n: usize) {
     counter!("roomcast_offline_delivered_total").increment(n as u64);
 }
 
+/// Counts a dropped queued message; `reason` is one of [`OFFLINE_DROP_REASONS`].
 pub fn offline_dropped(reason: &'static str) {
     counter!("roomcast_offline_dropped_total", "reason" => reason).increment(1);
 }
 
 pub fn rooms(n: usize) {
     gauge!("roomcast_rooms").set(n as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A code's place in [`ERROR_LABELS`]. The match has no catch-all: a
+    /// new error code does not compile until it has a place, and with it a
+    /// series registered at 0.
+    fn error_index(code: ErrorCode) -> usize {
+        match code {
+            ErrorCode::BadFrame => 0,
+            ErrorCode::UnknownOp => 1,
+            ErrorCode::BadRequest => 2,
+            ErrorCode::InvalidRoom => 3,
+            ErrorCode::Forbidden => 4,
+            ErrorCode::RateLimited => 5,
+            ErrorCode::TooManyRooms => 6,
+            ErrorCode::NotJoined => 7,
+            ErrorCode::Unavailable => 8,
+        }
+    }
+
+    /// The label lists are the protocol's own codes and codecs, in order.
+    #[test]
+    fn label_lists_match_the_protocol() {
+        let codes = [
+            ErrorCode::BadFrame,
+            ErrorCode::UnknownOp,
+            ErrorCode::BadRequest,
+            ErrorCode::InvalidRoom,
+            ErrorCode::Forbidden,
+            ErrorCode::RateLimited,
+            ErrorCode::TooManyRooms,
+            ErrorCode::NotJoined,
+            ErrorCode::Unavailable,
+        ];
+        assert_eq!(codes.len(), ERROR_LABELS.len());
+        for code in codes {
+            assert_eq!(ERROR_LABELS[error_index(code)], code.as_str());
+        }
+        let closes: Vec<String> = CloseCode::ALL
+            .iter()
+            .map(|c| c.code().to_string())
+            .collect();
+        assert_eq!(closes, CLOSE_LABELS);
+        for codec in Codec::ALL {
+            let name = CODEC_LABELS[codec.index()];
+            assert!(codec.subprotocol().ends_with(name), "{name}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
@@ -30,6 +31,86 @@ pub struct Server {
     pub addr: String,
     pub args: Vec<String>,
     pub envs: Vec<(String, String)>,
+    /// What the process wrote to stderr (across restarts).
+    pub log: Log,
+}
+
+/// A server's stderr, kept in memory and printed only when the test fails.
+/// Fault tests make servers log WARN lines on purpose (Redis killed, peers
+/// reaped); passed straight through, they would fill `scripts/test` output
+/// with lines that read like failures. Captured, they cost nothing when the
+/// test passes and sit beside the panic message when it fails, where a
+/// lower log level would have hidden them. `ROOMCAST_TEST_STDERR=1` also
+/// echoes them live while a test runs.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<String>>);
+
+/// The most of a server's stderr a test keeps (the newest part).
+const LOG_KEEP: usize = 1 << 20;
+
+impl Log {
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn push(&self, line: &str) {
+        let mut text = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        text.push_str(line);
+        text.push('\n');
+        if text.len() > 2 * LOG_KEEP {
+            let mut cut = text.len() - LOG_KEEP;
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            text.drain(..cut);
+        }
+    }
+
+    /// Reads `stderr` line by line into the log until it closes.
+    pub fn capture(&self, stderr: tokio::process::ChildStderr) {
+        let log = self.clone();
+        let live = std::env::var_os("ROOMCAST_TEST_STDERR").is_some_and(|v| v == "1");
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if live {
+                    use std::io::Write;
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                }
+                log.push(&line);
+            }
+        });
+    }
+
+    /// Waits until a line containing `needle` was written; its text, or
+    /// `None` after `wait`.
+    pub async fn wait_for(&self, needle: &str, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(line) = self.text().lines().find(|l| l.contains(needle)) {
+                return Some(line.to_owned());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Goes to the test's captured output, shown with its failure.
+            eprintln!(
+                "---- roomcast {} stderr ----\n{}---- end of roomcast {} stderr ----",
+                self.addr,
+                self.log.text(),
+                self.addr
+            );
+        }
+    }
 }
 
 impl Server {
@@ -44,36 +125,61 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Self::spawn(args, envs, "127.0.0.1:0").await
+        Self::spawn(args, envs, "127.0.0.1:0", Log::default()).await
     }
 
-    async fn spawn(args: Vec<String>, envs: Vec<(String, String)>, listen: &str) -> Server {
+    /// The `roomcast serve` command the harness runs: the test secret,
+    /// info logs (captured, see [`Log`]), stdout and stderr piped.
+    pub fn command(listen: &str, args: &[String], envs: &[(String, String)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
         cmd.arg("serve")
             .arg("--listen")
             .arg(listen)
-            .args(&args)
+            .args(args)
             .env("ROOMCAST_JWT_SECRET", SECRET)
-            .env("ROOMCAST_LOG", "warn")
+            .env("ROOMCAST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
-        for (k, v) in &envs {
+        for (k, v) in envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn roomcast");
+        cmd
+    }
+
+    async fn spawn(
+        args: Vec<String>,
+        envs: Vec<(String, String)>,
+        listen: &str,
+        log: Log,
+    ) -> Server {
+        let mut child = Self::command(listen, &args, &envs)
+            .spawn()
+            .expect("spawn roomcast");
+        log.capture(child.stderr.take().expect("stderr"));
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(WAIT, async {
+        let started = tokio::time::timeout(WAIT, async {
             while let Some(line) = lines.next_line().await.expect("read stdout") {
                 if let Some(addr) = line.strip_prefix("listening ") {
-                    return addr.to_owned();
+                    return Some(addr.to_owned());
                 }
             }
-            panic!("roomcast exited before listening");
+            None
         })
-        .await
-        .expect("roomcast did not start in time");
+        .await;
+        let addr = match started {
+            Ok(Some(addr)) => addr,
+            // Give the stderr reader a moment, then show what it said.
+            failed => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let why = match failed {
+                    Ok(_) => "exited before listening",
+                    Err(_) => "did not start in time",
+                };
+                panic!("roomcast {why}; its stderr:\n{}", log.text());
+            }
+        };
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Server {
@@ -81,12 +187,21 @@ impl Server {
             addr,
             args,
             envs,
+            log,
         }
     }
 
-    /// Starts the same server again on the same address (after a kill).
+    /// Starts the same server again on the same address (after a kill);
+    /// its stderr goes on in the same [`Log`].
     pub async fn restart(&mut self) {
-        let fresh = Self::spawn(self.args.clone(), self.envs.clone(), &self.addr.clone()).await;
+        self.log.push("---- restarted ----");
+        let fresh = Self::spawn(
+            self.args.clone(),
+            self.envs.clone(),
+            &self.addr.clone(),
+            self.log.clone(),
+        )
+        .await;
         *self = fresh;
     }
 
@@ -425,7 +540,7 @@ impl Redis {
     /// Starts `redis-server` on `port` with `extra` settings (nothing is
     /// saved by RDB) and waits until it answers PING, which it does only
     /// once any append-only file is loaded.
-    async fn spawn(port: u16, extra: &[&str]) -> Redis {
+    pub async fn spawn(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args([
                 "--port",

@@ -146,6 +146,8 @@ pub enum ClusterError {
 /// State shared by the bus facade and its background tasks.
 pub(crate) struct Shared {
     keys: Keys,
+    /// The Redis URL with its password hidden, for logs.
+    url: String,
     tuning: RedisTuning,
     offline_cfg: OfflineConfig,
     /// The local side: where remote events are delivered, and the local
@@ -239,7 +241,11 @@ impl RedisBus {
         let sub = builder.build_subscriber_client()?;
 
         let keys = Keys::new(&cfg.prefix, instance_id);
+        metric::register();
+        let url = masked_url(&cfg.url);
+        tracing::info!(%url, "cluster mode: connecting to redis");
         let shared = Arc::new(Shared {
+            url,
             own_prefix: wire::origin_prefix(instance_id),
             keys,
             outbox: HeldDirects::new(tuning.outbox_capacity),
@@ -427,9 +433,103 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(e.to_string())
 }
 
-mod metric {
-    //! Cluster-mode metric names (no room or user labels).
+pub mod metric {
+    //! Cluster-mode metric names (no room or user labels), registered at 0
+    //! by [`register`] when the bus starts.
     use metrics::{counter, gauge};
+
+    use crate::metrics::{Kind, Metric};
+
+    /// Every `op` of `roomcast_redis_errors_total`.
+    pub const ERROR_OPS: [&str; 11] = [
+        "publish",
+        "subscribe",
+        "presence",
+        "presence_list",
+        "attach",
+        "route_drop",
+        "send",
+        "offline_ack",
+        "heartbeat",
+        "reaper",
+        "resync",
+    ];
+
+    /// Every `op` of `roomcast_redis_skipped_total`.
+    pub const SKIPPED_OPS: [&str; 7] = [
+        "publish",
+        "subscribe",
+        "presence",
+        "attach",
+        "route_drop",
+        "send",
+        "offline_ack",
+    ];
+
+    /// Every metric of cluster mode.
+    pub const METRICS: [Metric; 9] = [
+        Metric {
+            name: "roomcast_redis_ready",
+            kind: Kind::Gauge,
+            help: "1 while the Redis bus is connected and synced, else 0.",
+            label: None,
+        },
+        Metric {
+            name: "roomcast_redis_errors_total",
+            kind: Kind::Counter,
+            help: "Redis commands that failed, by operation.",
+            label: Some(("op", &ERROR_OPS)),
+        },
+        Metric {
+            name: "roomcast_redis_skipped_total",
+            kind: Kind::Counter,
+            help: "Redis operations skipped while Redis was unreachable, by operation (the resync repairs them).",
+            label: Some(("op", &SKIPPED_OPS)),
+        },
+        Metric {
+            name: "roomcast_redis_lagged_total",
+            kind: Kind::Counter,
+            help: "Pub/sub messages dropped because the subscriber buffer was full.",
+            label: None,
+        },
+        Metric {
+            name: "roomcast_redis_bad_messages_total",
+            kind: Kind::Counter,
+            help: "Messages from Redis that could not be decoded.",
+            label: None,
+        },
+        Metric {
+            name: "roomcast_redis_resyncs_total",
+            kind: Kind::Counter,
+            help: "Resyncs started (at start and after every reconnect).",
+            label: None,
+        },
+        Metric {
+            name: "roomcast_redis_outbox",
+            kind: Kind::Gauge,
+            help: "Direct messages held in memory while Redis is unreachable.",
+            label: None,
+        },
+        Metric {
+            name: "roomcast_redis_outbox_rejected_total",
+            kind: Kind::Counter,
+            help: "Direct messages refused (unavailable) because the outbox was full.",
+            label: None,
+        },
+        Metric {
+            name: "roomcast_redis_reaped_instances_total",
+            kind: Kind::Counter,
+            help: "Dead instances this instance cleaned up after.",
+            label: None,
+        },
+    ];
+
+    /// Describes every cluster metric and registers each series at 0.
+    pub fn register() {
+        for m in &METRICS {
+            m.register();
+        }
+    }
 
     pub fn lagged(n: u64) {
         counter!("roomcast_redis_lagged_total").increment(n);
@@ -460,6 +560,47 @@ mod metric {
     }
 }
 
+/// `url` with its password hidden, for logs: `redis://user:***@host:port/db`.
+/// Query parameters whose name mentions a password are hidden too. When in
+/// doubt it hides more, never less.
+pub fn masked_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return if url.contains('@') {
+            "***".to_owned()
+        } else {
+            url.to_owned()
+        };
+    };
+    // The last `@` ends the credentials even when a password holds `/`,
+    // `?` or `@` unescaped.
+    let (user, after) = match rest.rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split_once(':').map_or("", |(u, _)| u);
+            (Some(user), &rest[at + 1..])
+        }
+        None => (None, rest),
+    };
+    let after = match after.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.to_ascii_lowercase().contains("password") => {
+                        format!("{k}=***")
+                    }
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => after.to_owned(),
+    };
+    match user {
+        Some(user) => format!("{scheme}://{user}:***@{after}"),
+        None => format!("{scheme}://{after}"),
+    }
+}
+
 /// The clock of a periodic task (heartbeat, reaper): ticks that were
 /// missed are delayed, not bunched.
 pub(super) struct Ticker(tokio::time::Interval);
@@ -482,6 +623,34 @@ impl Ticker {
             if shared.is_ready() {
                 return true;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked_url;
+
+    #[test]
+    fn masked_url_hides_passwords_only() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://host:6379/2", "redis://host:6379/2"),
+            (
+                "redis://user:secret@host:6379/0",
+                "redis://user:***@host:6379/0",
+            ),
+            ("rediss://:secret@host", "rediss://:***@host"),
+            ("redis://secret@host", "redis://:***@host"),
+            ("redis://u:p/a?s@s@host:1/0", "redis://u:***@host:1/0"),
+            (
+                "redis-sentinel://h1:26379/0?sentinelServiceName=m&sentinelPassword=secret",
+                "redis-sentinel://h1:26379/0?sentinelServiceName=m&sentinelPassword=***",
+            ),
+            ("user:secret@host", "***"),
+        ] {
+            assert_eq!(masked_url(url), shown, "{url}");
+            assert!(!masked_url(url).contains("secret"), "{url}");
         }
     }
 }

@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::prelude::{ClientLike, Error as RedisError, KeysInterface, Server};
 use futures_util::StreamExt;
@@ -23,6 +23,9 @@ use super::{Shared, metric};
 
 /// Delay before retrying a failed resync while connected.
 const RETRY: Duration = Duration::from_millis(500);
+
+/// How long an outage goes between two reminders in the log.
+const REMIND_EVERY: Duration = Duration::from_secs(30);
 
 /// fred's connection events, subscribed before the first connect.
 pub struct Events {
@@ -46,6 +49,79 @@ fn seen<T>(r: Result<T, RecvError>) -> Seen {
     }
 }
 
+/// The error an error event carries, for the log (`None`: the client is
+/// gone, which is no connection failure).
+fn error_text(r: &Result<(RedisError, Option<Server>), RecvError>) -> Option<String> {
+    match r {
+        Ok((e, _)) => Some(e.to_string()),
+        Err(RecvError::Lagged(n)) => Some(format!("{n} connection errors not seen")),
+        Err(RecvError::Closed) => None,
+    }
+}
+
+/// What the log says about reaching Redis: the first failure at once, at
+/// WARN with the URL and the error; a reminder every [`REMIND_EVERY`] while
+/// it lasts (fred retries from every 100 ms, and each attempt of both
+/// clients fails: a line each would bury everything else); the recovery.
+#[derive(Default)]
+struct Health {
+    /// Both connections were up at least once.
+    connected_once: bool,
+    down: Option<Outage>,
+}
+
+struct Outage {
+    since: Instant,
+    reported: Instant,
+    failures: u64,
+}
+
+impl Health {
+    fn failed(&mut self, url: &str, error: &str) {
+        let now = Instant::now();
+        let Some(o) = &mut self.down else {
+            self.down = Some(Outage {
+                since: now,
+                reported: now,
+                failures: 1,
+            });
+            if self.connected_once {
+                tracing::warn!(%url, %error, "lost the connection to redis; serving local traffic only (not ready) while reconnecting");
+            } else {
+                tracing::warn!(%url, %error, "cannot connect to redis; serving local traffic only (not ready) while retrying");
+            }
+            return;
+        };
+        o.failures += 1;
+        if now.duration_since(o.reported) >= REMIND_EVERY {
+            o.reported = now;
+            tracing::warn!(
+                %url,
+                %error,
+                down_s = now.duration_since(o.since).as_secs(),
+                failures = o.failures,
+                "redis still unreachable; retrying"
+            );
+        } else {
+            tracing::debug!(%url, %error, "redis connection attempt failed");
+        }
+    }
+
+    /// Both connections are up again.
+    fn connected(&mut self, url: &str) {
+        match self.down.take() {
+            Some(o) => tracing::info!(
+                %url,
+                down_ms = o.since.elapsed().as_millis() as u64,
+                "redis reachable again; resyncing"
+            ),
+            None if self.connected_once => tracing::info!(%url, "redis reconnected; resyncing"),
+            None => tracing::info!(%url, "connected to redis"),
+        }
+        self.connected_once = true;
+    }
+}
+
 /// Watches fred's connection events and runs resyncs. The resync runs in
 /// its own task so that events are handled as they happen: an error while
 /// a resync runs stops Redis use at once (the resync then fails and is
@@ -53,6 +129,7 @@ fn seen<T>(r: Result<T, RecvError>) -> Seen {
 pub async fn supervise(shared: Arc<Shared>, mut ev: Events) {
     // Each client's latest event was a (re)connect, not an error.
     let (mut client_ok, mut sub_ok) = (false, false);
+    let mut health = Health::default();
     let mut need = true;
     let mut retry_at = tokio::time::Instant::now();
     let mut running: Option<JoinHandle<Result<(), RedisError>>> = None;
@@ -105,18 +182,30 @@ pub async fn supervise(shared: Arc<Shared>, mut ev: Events) {
             }
             r = ev.client_reconnect.recv() => {
                 client_ok = true;
+                if sub_ok {
+                    health.connected(&shared.url);
+                }
                 seen(r)
             }
             r = ev.sub_reconnect.recv() => {
                 sub_ok = true;
+                if client_ok {
+                    health.connected(&shared.url);
+                }
                 seen(r)
             }
             r = ev.client_error.recv() => {
                 client_ok = false;
+                if let Some(error) = error_text(&r) {
+                    health.failed(&shared.url, &error);
+                }
                 seen(r)
             }
             r = ev.sub_error.recv() => {
                 sub_ok = false;
+                if let Some(error) = error_text(&r) {
+                    health.failed(&shared.url, &error);
+                }
                 seen(r)
             }
             _ = shared.wake.notified() => {
@@ -140,12 +229,10 @@ pub async fn supervise(shared: Arc<Shared>, mut ev: Events) {
 impl Shared {
     /// A connection dropped or reconnected: stop using Redis until the
     /// next resync, and forget what it held (it may have restarted empty).
+    /// The log lines are [`Health`]'s.
     fn lost(&self) {
-        let was_up = self.up.swap(false, Ordering::SeqCst);
+        self.up.store(false, Ordering::SeqCst);
         self.synced.store(false, Ordering::SeqCst);
-        if was_up {
-            tracing::warn!("redis connection lost; serving local traffic only until resynced");
-        }
         metric::ready(false);
         self.interest.mark_unknown();
         self.presence.mark_unknown();
