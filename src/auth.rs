@@ -1,11 +1,13 @@
 //! Token verification: JWT with HS256 (secret) or RS256/EdDSA (public key).
 //! Runs before the WebSocket upgrade, so a bad token is an HTTP 401 and
-//! never a half-open socket. Tokens are never logged.
+//! never a half-open socket. Tokens are never logged. `mint_hs256` signs
+//! development tokens (`roomcast token`) with the same claims.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::AuthConfig;
@@ -159,6 +161,103 @@ fn identity(c: Claims) -> Result<Identity, AuthError> {
     })
 }
 
+/// What a minted token grants: the claims `Verifier` reads, and its lifetime.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub sub: String,
+    pub roles: Vec<String>,
+    /// Room patterns; `None` allows every room.
+    pub rooms: Option<Vec<String>>,
+    /// `None` is the default tenant.
+    pub tenant: Option<String>,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Error)]
+pub enum MintError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot sign token: {0}")]
+    Sign(String),
+}
+
+/// The claims as written; optional ones are left out when empty, as a
+/// token issuer would.
+#[derive(Serialize)]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    exp: u64,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    roles: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rooms: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
+}
+
+/// Signs an HS256 token for `grant`, expiring `grant.ttl` after `now`.
+/// The claims pass the checks `Verifier` applies, so a token that is
+/// minted is one the server accepts until it expires.
+pub fn mint_hs256(secret: &str, grant: &Grant, now: SystemTime) -> Result<String, MintError> {
+    if secret.is_empty() {
+        return Err(MintError::Invalid("the secret is empty".into()));
+    }
+    if grant.ttl.is_zero() {
+        return Err(MintError::Invalid("ttl must be greater than 0".into()));
+    }
+    if let Some(bad) = grant
+        .rooms
+        .iter()
+        .flatten()
+        .find(|p| !valid_room_pattern(p))
+    {
+        return Err(MintError::Invalid(format!(
+            "room pattern {bad:?} must be 1 to {} bytes of A-Z a-z 0-9 : _ - . and *",
+            crate::session::MAX_ROOM_LEN
+        )));
+    }
+    if grant.roles.iter().any(String::is_empty) {
+        return Err(MintError::Invalid("roles must not be empty".into()));
+    }
+    // The verifier's own claim checks (sub, tenant), so the two cannot differ.
+    identity(Claims {
+        sub: grant.sub.clone(),
+        exp: 0,
+        roles: Vec::new(),
+        rooms: None,
+        tenant: grant.tenant.clone(),
+    })
+    .map_err(|e| match e {
+        AuthError::Invalid(text) => MintError::Invalid(text),
+        other => MintError::Invalid(other.to_string()),
+    })?;
+    let exp = now
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|since| since.checked_add(grant.ttl))
+        .map(|at| at.as_secs())
+        .ok_or_else(|| MintError::Invalid("ttl is too long".into()))?;
+    let claims = MintedClaims {
+        sub: &grant.sub,
+        exp,
+        roles: &grant.roles,
+        rooms: grant.rooms.as_deref(),
+        tenant: grant.tenant.as_deref().filter(|t| !t.is_empty()),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| MintError::Sign(e.kind_text()))
+}
+
+/// A room name in which `*` may stand for any run of characters.
+fn valid_room_pattern(pattern: &str) -> bool {
+    let literal = pattern.replace('*', "a");
+    crate::session::valid_room_name(&literal)
+}
+
 /// Matches `text` against `pattern`, where `*` stands for any run of
 /// characters (including none) and everything else matches itself.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
@@ -186,6 +285,129 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::AuthConfig;
+
+    fn verifier(secret: &str) -> Verifier {
+        Verifier::from_config(&AuthConfig {
+            jwt_secret: Some(secret.into()),
+            jwt_public_key: None,
+            allow_anonymous: false,
+            allowed_origins: Vec::new(),
+        })
+        .expect("verifier")
+    }
+
+    fn raw_claims(token: &str) -> serde_json::Value {
+        jsonwebtoken::decode::<serde_json::Value>(
+            token,
+            &DecodingKey::from_secret(b"s3cret"),
+            &validation(Algorithm::HS256),
+        )
+        .expect("decode")
+        .claims
+    }
+
+    fn grant(sub: &str) -> Grant {
+        Grant {
+            sub: sub.into(),
+            roles: Vec::new(),
+            rooms: None,
+            tenant: None,
+            ttl: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn a_minted_token_verifies_with_every_claim() {
+        let g = Grant {
+            roles: vec!["admin".into(), "gm".into()],
+            rooms: Some(vec!["encounter:42".into(), "campaign:7:*".into()]),
+            tenant: Some("acme".into()),
+            ttl: Duration::from_secs(90),
+            ..grant("bob")
+        };
+        let now = SystemTime::now();
+        let token = mint_hs256("s3cret", &g, now).expect("mint");
+        let id = verifier("s3cret")
+            .verify(Some(&token))
+            .expect("valid")
+            .expect("not anonymous");
+        assert_eq!(&*id.user, "bob");
+        assert_eq!(&*id.tenant, "acme");
+        assert_eq!(id.roles, ["admin", "gm"]);
+        assert_eq!(
+            id.rooms.as_deref(),
+            Some(&["encounter:42".to_owned(), "campaign:7:*".to_owned()][..])
+        );
+        assert!(id.may_join("campaign:7:map") && !id.may_join("lobby"));
+        // `exp` is the ttl after `now` (Identity does not carry it).
+        let since = now.duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        assert_eq!(raw_claims(&token)["exp"], since + 90);
+        // Another secret does not verify it.
+        assert!(verifier("other").verify(Some(&token)).is_err());
+    }
+
+    #[test]
+    fn a_minimal_token_leaves_optional_claims_out() {
+        let token = mint_hs256("s3cret", &grant("alice"), SystemTime::now()).expect("mint");
+        let id = verifier("s3cret")
+            .verify(Some(&token))
+            .expect("valid")
+            .expect("not anonymous");
+        assert_eq!(&*id.user, "alice");
+        assert_eq!(&*id.tenant, "");
+        assert!(id.roles.is_empty());
+        assert!(id.rooms.is_none() && id.may_join("anything"));
+        let raw = raw_claims(&token);
+        let mut keys: Vec<&str> = raw
+            .as_object()
+            .expect("claims object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["exp", "sub"]);
+    }
+
+    #[test]
+    fn minting_refuses_what_the_verifier_would() {
+        let now = SystemTime::now();
+        let refused = |g: Grant| match mint_hs256("s3cret", &g, now) {
+            Err(MintError::Invalid(text)) => text,
+            other => panic!("{g:?}: {other:?}"),
+        };
+        assert!(refused(grant("")).contains("sub"));
+        assert!(refused(grant(&"x".repeat(257))).contains("sub"));
+        let bad_tenant = Grant {
+            tenant: Some("a b".into()),
+            ..grant("bob")
+        };
+        assert!(refused(bad_tenant).contains("tenant"));
+        let bad_room = Grant {
+            rooms: Some(vec!["lobby".into(), "no space".into()]),
+            ..grant("bob")
+        };
+        assert!(refused(bad_room).contains("\"no space\""));
+        let empty_role = Grant {
+            roles: vec![String::new()],
+            ..grant("bob")
+        };
+        assert!(refused(empty_role).contains("roles"));
+        let no_ttl = Grant {
+            ttl: Duration::ZERO,
+            ..grant("bob")
+        };
+        assert!(refused(no_ttl).contains("ttl"));
+        let forever = Grant {
+            ttl: Duration::MAX,
+            ..grant("bob")
+        };
+        assert!(refused(forever).contains("ttl"));
+        assert!(matches!(
+            mint_hs256("", &grant("bob"), now),
+            Err(MintError::Invalid(_))
+        ));
+    }
 
     #[test]
     fn glob_patterns() {

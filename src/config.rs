@@ -43,6 +43,94 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (standalone without --redis, cluster with it).
     Serve(Box<ServeArgs>),
+    /// Print an HS256 token signed with the server's secret, for development.
+    Token(Box<TokenArgs>),
+}
+
+/// `roomcast token`: the secret comes from the same places as `serve`'s.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The server's file of `ROOMCAST_NAME=value` lines; its ROOMCAST_JWT_SECRET is used
+    /// when neither the flag nor the environment gives one.
+    #[arg(long, env = "ROOMCAST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HS256 secret to sign with. Prefer the environment to the flag.
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// The user id (`sub` claim), 1 to 256 bytes.
+    #[arg(long)]
+    pub sub: String,
+    /// Roles, comma-separated (`roles` claim; `admin` marks an administrator).
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// Room patterns the user may join, comma-separated; `*` matches any run of
+    /// characters (`rooms` claim). Without it every room is allowed.
+    #[arg(long, value_delimiter = ',')]
+    pub rooms: Option<Vec<String>>,
+    /// Tenant (`tenant` claim); without it the default tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Lifetime: seconds, or a number with s, m, h or d (`90s`, `15m`, `1h`, `7d`).
+    #[arg(long, default_value = "1d", value_parser = parse_ttl)]
+    pub ttl: Duration,
+}
+
+/// Reads a lifetime such as `3600`, `90s`, `15m`, `1h` or `7d`.
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err("expected seconds or a number with s, m, h or d (e.g. 1h)".into()),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "expected seconds or a number with s, m, h or d (e.g. 1h)".to_owned())?;
+    if n == 0 {
+        return Err("must be greater than 0".into());
+    }
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| "too long".into())
+}
+
+impl TokenArgs {
+    /// The signing secret (flag, then environment, then the config file)
+    /// and the claims to sign.
+    pub fn into_grant(self) -> Result<(String, crate::auth::Grant), ConfigError> {
+        let secret = match self.jwt_secret.filter(|s| !s.is_empty()) {
+            Some(secret) => Some(secret),
+            None => match &self.config {
+                Some(path) => file_flags(path)?
+                    .into_iter()
+                    .rev()
+                    .find_map(|f| f.strip_prefix("--jwt-secret=").map(str::to_owned))
+                    .filter(|s| !s.is_empty()),
+                None => None,
+            },
+        };
+        let secret = secret.ok_or(ConfigError::NoSecret)?;
+        let grant = crate::auth::Grant {
+            sub: self.sub,
+            roles: self
+                .roles
+                .into_iter()
+                .map(|r| r.trim().to_owned())
+                .collect(),
+            rooms: self
+                .rooms
+                .map(|rooms| rooms.into_iter().map(|r| r.trim().to_owned()).collect()),
+            tenant: self.tenant,
+            ttl: self.ttl,
+        };
+        Ok((secret, grant))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -218,6 +306,10 @@ pub enum ConfigError {
     },
     #[error("invalid setting: {0}")]
     Invalid(String),
+    #[error(
+        "no HS256 secret to sign with: set ROOMCAST_JWT_SECRET, --jwt-secret, or ROOMCAST_JWT_SECRET in the --config file"
+    )]
+    NoSecret,
 }
 
 /// Parses the command line, filling in values from the config file where
@@ -228,7 +320,10 @@ pub fn parse_cli() -> Result<Cli, anyhow::Error> {
         .args_override_self(true)
         .get_matches_from(&argv);
     let cli = Cli::from_arg_matches(&first)?;
-    let Command::Serve(args) = &cli.command;
+    // `token` reads only the secret from the file (TokenArgs::into_grant).
+    let Command::Serve(args) = &cli.command else {
+        return Ok(cli);
+    };
     let Some(path) = args.config.clone() else {
         return Ok(cli);
     };
@@ -527,9 +622,47 @@ mod tests {
             "--allow-anonymous",
         ])
         .expect("parse");
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
         let cfg = Config::try_from(*args).expect("valid");
         let redis = cfg.redis.expect("cluster mode");
         assert_eq!(RedisTuning::from(&redis), RedisTuning::default());
+    }
+
+    #[test]
+    fn ttl_in_seconds_or_with_a_unit() {
+        assert_eq!(parse_ttl("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in [
+            "",
+            "h",
+            "0",
+            "0h",
+            "1w",
+            "1.5h",
+            "-1",
+            "1 h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The default of `--ttl` is one day.
+    #[test]
+    fn token_args_default_to_one_day() {
+        let cli = Cli::try_parse_from(["roomcast", "token", "--sub", "bob", "--jwt-secret", "s"])
+            .expect("parse");
+        let Command::Token(args) = cli.command else {
+            panic!("not token");
+        };
+        let (secret, grant) = args.into_grant().expect("grant");
+        assert_eq!(secret, "s");
+        assert_eq!(grant.ttl, Duration::from_secs(86_400));
+        assert!(grant.roles.is_empty() && grant.rooms.is_none() && grant.tenant.is_none());
     }
 }

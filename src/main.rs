@@ -1,4 +1,4 @@
-//! `roomcast serve`: the server binary.
+//! `roomcast serve`: the server binary (and `roomcast token` for development tokens).
 
 /// jemalloc instead of glibc's allocator: with many small, short-lived
 /// allocations across worker threads, glibc spent about a quarter of the
@@ -7,19 +7,19 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use roomcast::auth::Verifier;
+use roomcast::auth::{Verifier, mint_hs256};
 use roomcast::bus::Bus;
 use roomcast::bus::memory::MemoryBus;
 use roomcast::bus::redis::{RedisBus, RedisTuning};
-use roomcast::config::{self, Command, Config, LogConfig, LogFormat};
+use roomcast::config::{self, Command, Config, LogConfig, LogFormat, TokenArgs};
 use roomcast::hub::Hub;
 use roomcast::node::Node;
 use roomcast::offline::MemoryOffline;
@@ -80,7 +80,10 @@ fn message(e: &anyhow::Error) -> String {
 
 fn run() -> Result<(), Fatal> {
     let cli = config::parse_cli().map_err(Fatal::Config)?;
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Token(args) => token(*args),
+    };
     let config = Config::try_from(*args).map_err(|e| Fatal::Config(e.into()))?;
     let verifier = Verifier::from_config(&config.auth).map_err(|e| Fatal::Config(e.into()))?;
     init_tracing(&config.log);
@@ -91,6 +94,28 @@ fn run() -> Result<(), Fatal> {
     }
     let runtime = runtime.build().context("cannot start the runtime")?;
     runtime.block_on(serve(config, verifier))
+}
+
+/// `roomcast token`: the token alone on stdout, so that scripts can capture
+/// it; a mistake is one line on stderr and exit code 2, like a usage error.
+fn token(args: TokenArgs) -> ! {
+    let minted = args
+        .into_grant()
+        .map_err(|e| e.to_string())
+        .and_then(|(secret, grant)| {
+            mint_hs256(&secret, &grant, SystemTime::now()).map_err(|e| e.to_string())
+        });
+    match minted {
+        Ok(token) => {
+            let mut out = std::io::stdout().lock();
+            let written = writeln!(out, "{token}").and_then(|()| out.flush());
+            std::process::exit(if written.is_ok() { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        }
+    }
 }
 
 fn init_tracing(log: &LogConfig) {

@@ -201,3 +201,154 @@ async fn origin_allow_list() {
     // Non-browser clients send no Origin.
     assert_eq!(upgrade_status(with_origin(None)).await, None);
 }
+
+/// Runs `roomcast token` with `args` and `envs` (and no secret or config
+/// file from this test's own environment): exit code, stdout, stderr.
+fn token_cmd(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"));
+    cmd.arg("token")
+        .args(args)
+        .env_remove("ROOMCAST_JWT_SECRET")
+        .env_remove("ROOMCAST_CONFIG")
+        // A backtrace would show here if an error path panicked or printed one.
+        .env("RUST_BACKTRACE", "1");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run roomcast token");
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8(out.stdout).expect("utf8"),
+        String::from_utf8(out.stderr).expect("utf8"),
+    )
+}
+
+#[tokio::test]
+async fn token_subcommand_mints_tokens_the_server_accepts() {
+    let server = Server::start(&[]).await;
+    let (code, out, err) = token_cmd(
+        &[
+            "--sub",
+            "bob",
+            "--roles",
+            "admin,gm",
+            "--rooms",
+            "encounter:42,campaign:7:*",
+            "--tenant",
+            "acme",
+            "--ttl",
+            "1h",
+        ],
+        &[("ROOMCAST_JWT_SECRET", SECRET)],
+    );
+    assert_eq!(code, 0, "{err}");
+    // Only the token, on one line.
+    let tok = out.strip_suffix('\n').expect("one line");
+    assert!(
+        !tok.contains(char::is_whitespace) && tok.split('.').count() == 3,
+        "{out:?}"
+    );
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        tok,
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &jsonwebtoken::Validation::new(Algorithm::HS256),
+    )
+    .expect("an HS256 JWT signed with the secret")
+    .claims;
+    assert_eq!(claims["sub"], "bob");
+    assert_eq!(claims["roles"], json!(["admin", "gm"]));
+    assert_eq!(claims["rooms"], json!(["encounter:42", "campaign:7:*"]));
+    assert_eq!(claims["tenant"], "acme");
+    let exp = claims["exp"].as_u64().expect("exp");
+    assert!(exp.abs_diff(now_s() + 3600) <= 5, "exp {exp}");
+
+    let mut c = Client::connect(&server.url(&format!("?token={tok}")), Codec::Json)
+        .await
+        .expect("the minted token is accepted");
+    assert!(matches!(c.welcome, Some(ServerEvent::Welcome { ref user, .. }) if user == "bob"));
+    c.join("campaign:7:map").await;
+    let ev = c.request(ClientFrame::new("join").room("lobby")).await;
+    assert!(
+        matches!(
+            ev,
+            ServerEvent::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    // The tenant scopes rooms: bob of acme and a default-tenant user in
+    // `campaign:7:map` do not see each other.
+    let mut other = server.connect("carol").await;
+    other.join("campaign:7:map").await;
+    c.publish("campaign:7:map", json!("acme only")).await;
+    other
+        .expect_none(std::time::Duration::from_millis(300), |e| {
+            matches!(e, ServerEvent::Message { .. })
+        })
+        .await;
+
+    // The secret from a flag beats the environment's, and a server config
+    // file (with settings of `serve` beside it) supplies one when neither
+    // gives it.
+    let dir = std::env::temp_dir().join(format!("roomcast-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("roomcast.env");
+    std::fs::write(
+        &file,
+        format!("# server settings\nROOMCAST_LISTEN=127.0.0.1:0\nROOMCAST_JWT_SECRET={SECRET}\n"),
+    )
+    .expect("write");
+    let path = file.to_string_lossy().to_string();
+    for (args, envs) in [
+        (
+            vec!["--sub", "dave", "--jwt-secret", SECRET],
+            vec![("ROOMCAST_JWT_SECRET", "not the server's")],
+        ),
+        (vec!["--sub", "dave", "--config", path.as_str()], vec![]),
+        (
+            vec!["--sub", "dave"],
+            vec![("ROOMCAST_CONFIG", path.as_str())],
+        ),
+    ] {
+        let (code, out, err) = token_cmd(&args, &envs);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let c = Client::connect(&server.url(&format!("?token={}", out.trim())), Codec::Json)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(matches!(c.welcome, Some(ServerEvent::Welcome { ref user, .. }) if user == "dave"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn token_subcommand_errors_are_one_clear_line() {
+    let secret = [("ROOMCAST_JWT_SECRET", SECRET)];
+    for (args, envs, says) in [
+        (vec!["--sub", "bob"], &[][..], "ROOMCAST_JWT_SECRET"),
+        (vec!["--sub", "bob", "--ttl", "1w"], &secret[..], "--ttl"),
+        (vec!["--sub", "bob", "--ttl", "0"], &secret[..], "--ttl"),
+        (vec!["--roles", "admin"], &secret[..], "--sub"),
+        (vec!["--sub", ""], &secret[..], "sub must be 1 to 256 bytes"),
+        (
+            vec!["--sub", "bob", "--tenant", "a/b"],
+            &secret[..],
+            "tenant",
+        ),
+        (
+            vec!["--sub", "bob", "--rooms", "lobby,a b"],
+            &secret[..],
+            "\"a b\"",
+        ),
+    ] {
+        let (code, out, err) = token_cmd(&args, envs);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace") && !err.contains("Backtrace"),
+            "{args:?}: {err}"
+        );
+    }
+}
