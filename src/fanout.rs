@@ -4,8 +4,8 @@
 //! room's. Big rooms are delivered by lanes so they do not hold up others.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -100,9 +100,10 @@ const LANE_CHUNK: usize = 256;
 /// lane exists, so they keep their order; the lane ends when it is empty.
 #[derive(Default)]
 pub struct Lanes {
-    /// Lock order: this map's shard lock, then the queue's mutex (held only
-    /// to push or pop, never across a push to a connection or an await).
-    queues: DashMap<Arc<str>, Arc<Mutex<VecDeque<RoomEvent>>>>,
+    /// Each room's pending events, changed only under the map's shard lock
+    /// (held to push or pop, never across a push to a connection or an
+    /// await).
+    queues: DashMap<Arc<str>, VecDeque<RoomEvent>>,
     /// How many lanes exist, so small rooms skip the map while none does.
     active: AtomicUsize,
 }
@@ -124,10 +125,8 @@ impl Lanes {
             deliver_to(&members, room, event);
             return;
         };
-        if let Some(lane) = self.queues.get(room) {
-            if let Ok(mut q) = lane.lock() {
-                q.push_back(event.clone());
-            }
+        if let Some(mut lane) = self.queues.get_mut(room) {
+            lane.push_back(event.clone());
             return;
         }
         if !big {
@@ -135,14 +134,10 @@ impl Lanes {
             return;
         }
         match self.queues.entry(Arc::from(room)) {
-            Entry::Occupied(e) => {
-                if let Ok(mut q) = e.get().lock() {
-                    q.push_back(event.clone());
-                }
-            }
+            Entry::Occupied(mut e) => e.get_mut().push_back(event.clone()),
             Entry::Vacant(v) => {
                 let room = v.key().clone();
-                v.insert(Arc::new(Mutex::new(VecDeque::from([event.clone()]))));
+                v.insert(VecDeque::from([event.clone()]));
                 self.active.fetch_add(1, Ordering::AcqRel);
                 runtime.spawn(self.clone().drain(registry.clone(), room));
             }
@@ -153,8 +148,8 @@ impl Lanes {
     async fn drain(self: Arc<Self>, registry: Arc<Registry>, room: Arc<str>) {
         loop {
             let next = match self.queues.entry(room.clone()) {
-                Entry::Occupied(e) => {
-                    let popped = e.get().lock().ok().and_then(|mut q| q.pop_front());
+                Entry::Occupied(mut e) => {
+                    let popped = e.get_mut().pop_front();
                     if popped.is_none() {
                         // Removed under the map's lock: a concurrent event
                         // either got in before (and was popped) or finds no

@@ -53,28 +53,8 @@ type CaseFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
 
 // ---------------------------------------------------------------- frames
 
-/// A masked client frame; `rsv` goes into bits 4-6 of the first byte.
-fn frame_rsv(fin: bool, rsv: u8, op: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x5a, 0x13, 0xc7, 0x81];
-    let mut f = vec![if fin { 0x80 } else { 0 } | (rsv & 7) << 4 | op];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n <= 65535 => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    f
-}
-
 fn frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
-    frame_rsv(fin, 0, op, payload)
+    common::client_frame(fin, op, payload)
 }
 
 const CONT: u8 = 0x0;
@@ -766,44 +746,61 @@ fn reserved_bits<'a>(cases: &mut Cases<'a>, s: &'a Server) {
     cases.add(
         "3.1",
         "text with RSV1",
-        fail_case(s, frame_rsv(true, 4, TEXT, b"Hello, world!"), 1002),
+        fail_case(
+            s,
+            common::client_frame_rsv(true, 4, TEXT, b"Hello, world!"),
+            1002,
+        ),
     );
     cases.add(
         "3.2",
         "text, text with RSV2, ping: first answered, then 1002",
-        fail_after_valid_case(s, frame_rsv(true, 2, TEXT, b"Hello"), 1002, false),
+        fail_after_valid_case(
+            s,
+            common::client_frame_rsv(true, 2, TEXT, b"Hello"),
+            1002,
+            false,
+        ),
     );
     cases.add(
         "3.3",
         "text, then (separately) text with RSV1+RSV2, ping",
-        fail_after_valid_case(s, frame_rsv(true, 6, TEXT, b"Hello"), 1002, true),
+        fail_after_valid_case(
+            s,
+            common::client_frame_rsv(true, 6, TEXT, b"Hello"),
+            1002,
+            true,
+        ),
     );
     cases.add(
         "3.4",
         "text with RSV3, written in chops of 1",
         Box::pin(async move {
             let mut c = Raw::open(s).await;
-            c.send_chopped(&frame_rsv(true, 1, TEXT, b"Hello, world!"), 1)
-                .await;
+            c.send_chopped(
+                &common::client_frame_rsv(true, 1, TEXT, b"Hello, world!"),
+                1,
+            )
+            .await;
             c.expect_close(1002, WAIT).await
         }),
     );
     cases.add(
         "3.5",
         "binary with RSV1+RSV3",
-        fail_case(s, frame_rsv(true, 5, BIN, &[0xff; 8]), 1002),
+        fail_case(s, common::client_frame_rsv(true, 5, BIN, &[0xff; 8]), 1002),
     );
     cases.add(
         "3.6",
         "ping with RSV2+RSV3",
-        fail_case(s, frame_rsv(true, 3, PING, b"Hello"), 1002),
+        fail_case(s, common::client_frame_rsv(true, 3, PING, b"Hello"), 1002),
     );
     cases.add(
         "3.7",
         "close with all reserved bits",
         fail_case(
             s,
-            frame_rsv(true, 7, CLOSE, &close_payload(1000, b"")),
+            common::client_frame_rsv(true, 7, CLOSE, &close_payload(1000, b"")),
             1002,
         ),
     );
@@ -1575,7 +1572,7 @@ fn compression<'a>(cases: &mut Cases<'a>, s: &'a Server) {
         Box::pin(async move {
             let mut c = Raw::open_with(s, "Sec-WebSocket-Extensions: permessage-deflate\r\n").await;
             // "Hello" compressed with raw deflate (RFC 7692 section 7.2.3.1).
-            c.send(&frame_rsv(
+            c.send(&common::client_frame_rsv(
                 true,
                 4,
                 TEXT,

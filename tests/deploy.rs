@@ -92,23 +92,6 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A binary on PATH or in /usr/sbin (where Debian puts nginx and haproxy).
-fn binary(name: &str, package: &str) -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    on_path
-        .or_else(|| Some(PathBuf::from("/usr/sbin").join(name)).filter(|p| p.is_file()))
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is not installed (looked on PATH and in /usr/sbin); this test runs \
-                 the deploy configs in it. `apt-get install -y {package}` (scripts/test does)."
-            )
-        })
-}
-
 // ---------------------------------------------------------------------------
 // The checks. Each returns the problems it found, one line per problem,
 // naming the file.
@@ -311,35 +294,11 @@ fn render(template: &str, lb: &Loopback) -> Result<String, String> {
     Ok(out.join("\n") + "\n")
 }
 
-/// An nginx main config around the rendered http-context file, with every
-/// path in `dir` (no root, nothing under /var).
-fn nginx_main(dir: &Path, site: &Path) -> PathBuf {
-    let d = dir.display();
-    let main = format!(
-        "worker_processes 1;\n\
-         pid {d}/nginx.pid;\n\
-         error_log stderr warn;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{\n\
-         \x20   client_body_temp_path {d}/client_body;\n\
-         \x20   proxy_temp_path {d}/proxy;\n\
-         \x20   fastcgi_temp_path {d}/fastcgi;\n\
-         \x20   uwsgi_temp_path {d}/uwsgi;\n\
-         \x20   scgi_temp_path {d}/scgi;\n\
-         \x20   include {};\n\
-         }}\n",
-        site.display()
-    );
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, main).expect("write nginx.conf");
-    conf
-}
-
 /// A self-signed certificate for `nginx -t` and `haproxy -c`:
 /// `roomcast.crt`, `roomcast.key` and `roomcast.pem` (both) in `dir`.
 fn throwaway_certificate(dir: &Path) {
     std::fs::create_dir_all(dir).expect("tls dir");
-    let out = Command::new(binary("openssl", "openssl"))
+    let out = Command::new(common::binary("openssl", "openssl"))
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
         .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
         .args(["-subj", "/CN=roomcast.test", "-keyout"])
@@ -378,8 +337,8 @@ fn check_nginx(dir: &Path, work: &Path) -> Result<(), String> {
     let rendered =
         render(&read(&dir.join(NGINX_CONF)), &lb).map_err(|e| format!("{NGINX_CONF}: {e}"))?;
     std::fs::write(&site, rendered).expect("write site");
-    let conf = nginx_main(work, &site);
-    let out = Command::new(binary("nginx", "nginx-light"))
+    let conf = common::nginx_main(work, &site);
+    let out = Command::new(common::binary("nginx", "nginx-light"))
         .arg("-t")
         .arg("-p")
         .arg(work)
@@ -404,7 +363,7 @@ fn check_haproxy(dir: &Path, work: &Path) -> Result<(), String> {
     let rendered =
         render(&read(&dir.join(HAPROXY_CFG)), &lb).map_err(|e| format!("{HAPROXY_CFG}: {e}"))?;
     std::fs::write(&cfg, rendered).expect("write haproxy.cfg");
-    let out = Command::new(binary("haproxy", "haproxy"))
+    let out = Command::new(common::binary("haproxy", "haproxy"))
         .args(["-c", "-f"])
         .arg(&cfg)
         .output()
@@ -541,8 +500,8 @@ impl Proxy {
         let site = dir.path().join("roomcast.conf");
         let rendered = render(&read(&Path::new(DEPLOY).join(NGINX_CONF)), &lb).expect("render");
         std::fs::write(&site, rendered).expect("write site");
-        let conf = nginx_main(dir.path(), &site);
-        let mut cmd = Command::new(binary("nginx", "nginx-light"));
+        let conf = common::nginx_main(dir.path(), &site);
+        let mut cmd = Command::new(common::binary("nginx", "nginx-light"));
         cmd.arg("-p")
             .arg(dir.path())
             .args(["-e", "stderr", "-c"])
@@ -569,7 +528,7 @@ impl Proxy {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(format!("{limits} exec \"$0\" -db -f \"$1\""))
-            .arg(binary("haproxy", "haproxy"))
+            .arg(common::binary("haproxy", "haproxy"))
             .arg(&cfg);
         Proxy::spawn(cmd, port, dir)
     }

@@ -19,22 +19,6 @@ use tokio::net::TcpStream;
 const BIG: usize = 10_000;
 const ROUNDS: usize = 9;
 
-/// A masked client text frame.
-fn client_frame(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x11, 0x22, 0x33, 0x44];
-    let mut f = vec![0x81];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    f
-}
-
 /// Opens an anonymous connection that joins `room` and then never reads.
 async fn silent_member(addr: &str, room: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -44,6 +28,8 @@ async fn silent_member(addr: &str, room: &str) -> TcpStream {
     )
     .into_bytes();
     req.extend(client_frame(
+        true,
+        0x1,
         json!({"op": "join", "room": room}).to_string().as_bytes(),
     ));
     s.write_all(&req).await.expect("write");

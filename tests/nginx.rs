@@ -84,25 +84,6 @@ fn render(template: &str, upstreams: &[String], listen: &str, access_log: &str) 
     out.join("\n") + "\n"
 }
 
-fn nginx_binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nginx"))
-            .find(|p| p.is_file())
-    });
-    let found = on_path.or_else(|| {
-        let sbin = PathBuf::from("/usr/sbin/nginx");
-        sbin.is_file().then_some(sbin)
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "nginx is not installed (looked for `nginx` on PATH and /usr/sbin/nginx); \
-             this test runs the deploy config in a real nginx. Install it with \
-             `apt-get install -y nginx-light` (scripts/test does)."
-        )
-    })
-}
-
 /// A directory of this test's own, removed when dropped.
 struct TempDir(PathBuf);
 
@@ -137,9 +118,8 @@ struct Nginx {
 
 impl Nginx {
     fn start(upstreams: &[String]) -> Nginx {
-        let bin = nginx_binary();
+        let bin = common::binary("nginx", "nginx-light");
         let dir = TempDir::new();
-        let d = dir.0.display();
         let port = free_port();
         let template = std::fs::read_to_string(DEPLOY_CONF).expect("read deploy config");
         let site = dir.0.join("roomcast.conf");
@@ -153,24 +133,7 @@ impl Nginx {
             ),
         )
         .expect("write site");
-        // Every path inside the temp dir: no root, nothing under /var.
-        let main = format!(
-            "worker_processes 1;\n\
-             pid {d}/nginx.pid;\n\
-             error_log stderr warn;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n\
-             \x20   client_body_temp_path {d}/client_body;\n\
-             \x20   proxy_temp_path {d}/proxy;\n\
-             \x20   fastcgi_temp_path {d}/fastcgi;\n\
-             \x20   uwsgi_temp_path {d}/uwsgi;\n\
-             \x20   scgi_temp_path {d}/scgi;\n\
-             \x20   include {};\n\
-             }}\n",
-            site.display()
-        );
-        let conf = dir.0.join("nginx.conf");
-        std::fs::write(&conf, main).expect("write nginx.conf");
+        let conf = common::nginx_main(&dir.0, &site);
         let stderr = std::fs::File::create(dir.0.join("error.log")).expect("error log");
         let child = std::process::Command::new(&bin)
             .arg("-p")
@@ -327,7 +290,7 @@ async fn nginx_deploy_config_routes_a_two_instance_cluster() {
 
 async fn scenario() {
     // Fail first, and clearly, when nginx is missing.
-    nginx_binary();
+    common::binary("nginx", "nginx-light");
     let redis = Redis::start().await;
     let url = redis.url();
     let start = |id: &'static str, max_connections: &'static str| {

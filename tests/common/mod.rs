@@ -2,6 +2,7 @@
 //! `redis-server`s, and a protocol client over real WebSockets.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -628,8 +629,13 @@ impl Redis {
 
 /// A masked client frame of any length.
 pub fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+    client_frame_rsv(fin, 0, op, payload)
+}
+
+/// A masked client frame; `rsv` goes into bits 4-6 of the first byte.
+pub fn client_frame_rsv(fin: bool, rsv: u8, op: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x1f, 0x22, 0x83, 0x04];
-    let mut f = vec![if fin { 0x80 } else { 0 } | op];
+    let mut f = vec![if fin { 0x80 } else { 0 } | (rsv & 7) << 4 | op];
     match payload.len() {
         n if n < 126 => f.push(0x80 | n as u8),
         n if n <= 0xffff => {
@@ -796,4 +802,45 @@ pub fn first_frame(bytes: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
 pub async fn server_metric(server: &Server, name: &str) -> f64 {
     let (_, body) = http_get(&server.http("/metrics")).await;
     metric(&body, name)
+}
+
+/// A binary on PATH or in /usr/sbin (where Debian puts nginx and haproxy).
+pub fn binary(name: &str, package: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    on_path
+        .or_else(|| Some(PathBuf::from("/usr/sbin").join(name)).filter(|p| p.is_file()))
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not installed (looked on PATH and in /usr/sbin); this test runs \
+                 the deploy configs in it. `apt-get install -y {package}` (scripts/test does)."
+            )
+        })
+}
+
+/// An nginx main config around the rendered http-context file, with every
+/// path in `dir` (no root, nothing under /var).
+pub fn nginx_main(dir: &Path, site: &Path) -> PathBuf {
+    let d = dir.display();
+    let main = format!(
+        "worker_processes 1;\n\
+         pid {d}/nginx.pid;\n\
+         error_log stderr warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n\
+         \x20   client_body_temp_path {d}/client_body;\n\
+         \x20   proxy_temp_path {d}/proxy;\n\
+         \x20   fastcgi_temp_path {d}/fastcgi;\n\
+         \x20   uwsgi_temp_path {d}/uwsgi;\n\
+         \x20   scgi_temp_path {d}/scgi;\n\
+         \x20   include {};\n\
+         }}\n",
+        site.display()
+    );
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, main).expect("write nginx.conf");
+    conf
 }
