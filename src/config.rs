@@ -286,6 +286,16 @@ pub struct ServeArgs {
     /// Cluster: how long start-up waits for Redis before listening not-ready.
     #[arg(long, env = "ROOMCAST_REDIS_STARTUP_WAIT_MS", default_value_t = redis_defaults::STARTUP_WAIT_MS)]
     pub redis_startup_wait_ms: u64,
+    /// Admin: interval of the stats channel's `stats` events, in milliseconds.
+    #[arg(
+        long,
+        env = "ROOMCAST_ADMIN_STATS_INTERVAL_MS",
+        default_value_t = 2_000
+    )]
+    pub admin_stats_interval_ms: u64,
+    /// Admin: how many of the busiest rooms (by members and by message rate) the stats list.
+    #[arg(long, env = "ROOMCAST_ADMIN_TOP_ROOMS", default_value_t = 10)]
+    pub admin_top_rooms: usize,
     /// joined/left are broadcast only in rooms of at most this many users (0: never).
     #[arg(long, env = "ROOMCAST_PRESENCE_EVENTS_MAX", default_value_t = 1000)]
     pub presence_events_max: u64,
@@ -406,6 +416,15 @@ pub struct Config {
     pub offline: OfflineConfig,
     pub shutdown: ShutdownConfig,
     pub redis: Option<RedisConfig>,
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Interval of `stats` events (and of gathering, while watched).
+    pub stats_interval: Duration,
+    /// Busiest rooms listed, per ranking.
+    pub top_rooms: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -504,6 +523,11 @@ impl TryFrom<ServeArgs> for Config {
             ));
         }
         positive("ping-interval-ms", a.ping_interval_ms)?;
+        if a.admin_stats_interval_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "admin-stats-interval-ms must be at least 100".into(),
+            ));
+        }
         if a.jwt_secret.is_none() && a.jwt_public_key.is_none() && !a.allow_anonymous {
             return Err(ConfigError::Invalid(
                 "no way to authenticate: set ROOMCAST_JWT_SECRET, --jwt-public-key, or --allow-anonymous for development".into(),
@@ -587,6 +611,10 @@ impl TryFrom<ServeArgs> for Config {
             shutdown: ShutdownConfig {
                 drain: Duration::from_secs(a.drain_s),
                 deadline: Duration::from_secs(a.shutdown_deadline_s),
+            },
+            admin: AdminConfig {
+                stats_interval: Duration::from_millis(a.admin_stats_interval_ms),
+                top_rooms: a.admin_top_rooms.min(1000),
             },
             redis: a.redis.filter(|u| !u.is_empty()).map(|url| RedisConfig {
                 url,

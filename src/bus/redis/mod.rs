@@ -26,6 +26,7 @@
 //!   user's route, or is queued, or waits in the bounded outbox, or its
 //!   sender gets `unavailable`. Never silently nothing.
 
+mod control;
 mod converge;
 mod heartbeat;
 pub mod keys;
@@ -173,6 +174,9 @@ pub(crate) struct Shared {
     outbox: HeldDirects,
     /// Prefix of room payloads this instance published.
     own_prefix: String,
+    /// Where admin commands from other instances go (the admin task's
+    /// queue), set once when that task starts.
+    control: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::admin::Control>>,
     started: Instant,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -262,6 +266,7 @@ impl RedisBus {
             interest: Converger::new(),
             presence: Converger::new(),
             epochs: Epochs::new(),
+            control: std::sync::OnceLock::new(),
             started: Instant::now(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -345,6 +350,61 @@ impl RedisBus {
 
     pub fn is_ready(&self) -> bool {
         self.shared.is_ready()
+    }
+
+    /// Admin traffic across instances (see `control.rs`).
+    pub fn admin_sink(&self, tx: tokio::sync::mpsc::Sender<crate::admin::Control>) {
+        let _ = self.shared.control.set(tx);
+    }
+
+    pub async fn admin_watch(&self, local: bool, ttl: Duration) -> bool {
+        self.shared.admin_watch(local, ttl).await
+    }
+
+    pub async fn admin_share(&self, stats: String, ttl: Duration) {
+        self.shared.admin_share(stats, ttl).await
+    }
+
+    pub async fn admin_collect(&self) -> Vec<String> {
+        self.shared.admin_collect().await
+    }
+
+    pub async fn heartbeats(&self) -> Result<Vec<String>, BusError> {
+        self.shared.heartbeats().await
+    }
+
+    pub async fn instance_live(&self, id: &str) -> Result<bool, BusError> {
+        self.shared.instance_live(id).await
+    }
+
+    pub async fn admin_publish(
+        &self,
+        target: Option<&str>,
+        control: &crate::admin::Control,
+    ) -> Result<u64, BusError> {
+        self.shared.admin_publish(target, control).await
+    }
+
+    pub async fn room_page(
+        &self,
+        prefix: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<(Vec<(String, u64)>, String), BusError> {
+        self.shared.room_page(prefix, cursor, limit).await
+    }
+
+    pub async fn room_user_count(&self, room: &str) -> Result<u64, BusError> {
+        self.shared.room_user_count(room).await
+    }
+
+    /// Whether the bus is connected, and how many resyncs it ran.
+    pub fn connected(&self) -> bool {
+        self.shared.up()
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.shared.outbox.len()
     }
 
     /// Stops the background tasks, writes what the outbox holds, removes
@@ -441,7 +501,7 @@ pub mod metric {
     use crate::metrics::{Kind, Metric};
 
     /// Every `op` of `roomcast_redis_errors_total`.
-    pub const ERROR_OPS: [&str; 11] = [
+    pub const ERROR_OPS: [&str; 12] = [
         "publish",
         "subscribe",
         "presence",
@@ -453,6 +513,7 @@ pub mod metric {
         "heartbeat",
         "reaper",
         "resync",
+        "admin",
     ];
 
     /// Every `op` of `roomcast_redis_skipped_total`.
@@ -557,6 +618,22 @@ pub mod metric {
     }
     pub fn reaped() {
         counter!("roomcast_redis_reaped_instances_total").increment(1);
+    }
+}
+
+/// Cluster counters the admin figures read back from the Prometheus text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterSeries {
+    Resyncs,
+    Lagged,
+}
+
+/// Which admin-read cluster counter a Prometheus series is.
+pub fn cluster_series(series: &str) -> Option<ClusterSeries> {
+    match series {
+        "roomcast_redis_resyncs_total" => Some(ClusterSeries::Resyncs),
+        "roomcast_redis_lagged_total" => Some(ClusterSeries::Lagged),
+        _ => None,
     }
 }
 

@@ -44,7 +44,11 @@ pub async fn receive_loop(shared: Arc<Shared>, mut rx: Receiver<Message>) {
                 } else if channel == own_channel {
                     shared.on_instance_message(payload);
                 } else if channel == global {
-                    tracing::debug!(message = %String::from_utf8_lossy(payload), "global channel");
+                    if is_admin(payload) {
+                        shared.on_control(payload);
+                    } else {
+                        tracing::debug!(message = %String::from_utf8_lossy(payload), "global channel");
+                    }
                 }
             }
             Err(RecvError::Lagged(n)) => {
@@ -54,6 +58,16 @@ pub async fn receive_loop(shared: Arc<Shared>, mut rx: Receiver<Message>) {
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+/// Whether a channel message is an admin command (`"type":"admin"`).
+fn is_admin(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<&'a str>,
+    }
+    serde_json::from_slice::<Kind>(payload).is_ok_and(|k| k.kind == Some("admin"))
 }
 
 impl Shared {
@@ -78,6 +92,7 @@ impl Shared {
                 user: Some(user),
                 msg: Some(msg),
             }) if kind == "direct" => self.deliver_remote_direct(user.into(), msg),
+            Ok(wire::InstanceIn { kind, .. }) if kind == "admin" => self.on_control(payload),
             Ok(other) => tracing::debug!(kind = %other.kind, "ignored instance message"),
             Err(e) => {
                 metric::bad_message();

@@ -1,0 +1,1 @@
+const STATS = "$admin:stats";
