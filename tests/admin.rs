@@ -264,6 +264,29 @@ async fn cluster_admin_sees_and_acts_on_every_instance() {
         .expect("room");
     assert_eq!(room["count"], 5);
 
+    // A broadcast issued on A reaches every connection on both instances.
+    let sent = admin_op(
+        &mut admin,
+        "broadcast",
+        json!({"data": {"notice": "maintenance"}}),
+    )
+    .await
+    .expect("broadcast");
+    assert_eq!(sent["local"], 4);
+    for c in on_a.iter_mut().chain([&mut u4, &mut u5, &mut admin]) {
+        let ev = c
+            .recv_matching(|e| matches!(e, ServerEvent::Broadcast { .. }))
+            .await;
+        let ServerEvent::Broadcast { from, data, .. } = ev else {
+            unreachable!()
+        };
+        assert_eq!(from, "$admin");
+        assert_eq!(
+            data.to_value().expect("json"),
+            json!({"notice": "maintenance"})
+        );
+    }
+
     // A kick issued on A closes u4's connection on B with 4002.
     let kicked = admin_op(
         &mut admin,
@@ -536,6 +559,20 @@ async fn tenant_admins_act_on_their_tenant() {
     );
     let r = admin_op(&mut boss, "rooms", json!({"tenant": "t2"})).await;
     assert_eq!(r.map_err(|e| e.0), Err(ErrorCode::Forbidden));
+    // A tenant admin's broadcast reaches its tenant only.
+    admin_op(&mut boss, "broadcast", json!({"data": "hello t1"}))
+        .await
+        .expect("broadcast");
+    let ev = in_t1
+        .recv_matching(|e| matches!(e, ServerEvent::Broadcast { .. }))
+        .await;
+    assert!(
+        matches!(ev, ServerEvent::Broadcast { ref from, .. } if from == "$admin"),
+        "{ev:?}"
+    );
+    let r = admin_op(&mut boss, "broadcast", json!({"data": 1, "tenant": "t2"})).await;
+    assert_eq!(r.map_err(|e| e.0), Err(ErrorCode::Forbidden));
+
     // Kicking `bob` reaches t1's bob only.
     admin_op(&mut boss, "kick_user", json!({"user": "bob"}))
         .await
@@ -543,6 +580,11 @@ async fn tenant_admins_act_on_their_tenant() {
     expect_close(&mut in_t1, 4002, "kicked").await;
     let pong = in_t2.request(ClientFrame::new("ping")).await;
     assert!(matches!(pong, ServerEvent::Pong { .. }), "{pong:?}");
+    in_t2
+        .expect_none(Duration::from_millis(200), |e| {
+            matches!(e, ServerEvent::Broadcast { .. })
+        })
+        .await;
     // Another tenant's connection is not found.
     let r = admin_op(&mut boss, "kick_conn", json!({"conn": conn_id(&in_t2)})).await;
     assert_eq!(r.map_err(|e| e.0), Err(ErrorCode::NotFound));
@@ -609,6 +651,7 @@ async fn standalone_admin_sees_itself_and_commands_work() {
             ErrorCode::NotFound,
         ),
         ("nonsense", json!({}), ErrorCode::BadRequest),
+        ("broadcast", json!({}), ErrorCode::BadRequest),
         ("instances", json!([1]), ErrorCode::BadRequest),
     ];
     for (cmd, args, code) in bad {

@@ -12,16 +12,19 @@
 //! | `kick_user` | `user`, `tenant?`, `reason?` | `{"user","kicked_here","instances_told"}` |
 //! | `kick_conn` | `conn`, `reason?` | `{"conn","instance"}` |
 //! | `drain` / `undrain` | `instance?` (default: this one) | `{"instance","draining"}` |
+//! | `broadcast` | `data`, `tenant?` | `{"mid","tenant","local"}`: a `broadcast` event from `$admin` to every connection (of the tenant) |
 //! | `stats` | | the last `stats` aggregate, or this instance's figures |
 
 use serde_json::{Value, json};
 
 use super::Control;
 use crate::auth::Identity;
+use crate::bus::Audience;
 use crate::node::Node;
+use crate::protocol::Data;
 use crate::protocol::ErrorCode;
 use crate::registry::scoped;
-use crate::session::{MAX_USER_LEN, valid_room_name};
+use crate::session::{MAX_DATA_DEPTH, MAX_USER_LEN, valid_room_name};
 
 /// Most rooms one `rooms` page lists.
 pub const MAX_PAGE: usize = 1000;
@@ -165,6 +168,7 @@ async fn run(node: &Node, who: &Identity, cmd: &str, args: &Value) -> Result<Val
             need_global(who)?;
             drain(node, opt_str(args, "instance")?, false).await
         }
+        "broadcast" => broadcast(node, who, args).await,
         "stats" => {
             need_global(who)?;
             Ok(node.admin.latest().unwrap_or_else(|| {
@@ -378,6 +382,32 @@ async fn drain(node: &Node, instance: Option<&str>, on: bool) -> Result<Value, A
         return Err(AdminError::not_found("no such instance"));
     }
     Ok(json!({"instance": id, "draining": on}))
+}
+
+async fn broadcast(node: &Node, who: &Identity, args: &Value) -> Result<Value, AdminError> {
+    let data = match args.get("data") {
+        None => return Err(AdminError::bad("needs `data`")),
+        Some(d) => Data::from(d.clone()),
+    };
+    if data.depth() > MAX_DATA_DEPTH {
+        return Err(AdminError::bad(format!(
+            "data nested deeper than {MAX_DATA_DEPTH} levels"
+        )));
+    }
+    // A global admin reaches everyone unless it names a tenant.
+    let audience = match (who.tenant.is_empty(), opt_str(args, "tenant")?) {
+        (true, None) => Audience::All,
+        _ => Audience::Tenant(tenant_of(who, args)?.into()),
+    };
+    let tenant = match &audience {
+        Audience::All => Value::Null,
+        Audience::Tenant(t) => json!(&**t),
+    };
+    let sent = node
+        .broadcast(audience, "$admin", data)
+        .await
+        .map_err(|e| AdminError::new(e.code, e.text))?;
+    Ok(json!({"mid": sent.mid, "tenant": tenant, "local": sent.local}))
 }
 
 /// Kicks every local connection of a scoped user; how many.
