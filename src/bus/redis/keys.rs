@@ -18,6 +18,9 @@
 //! | `P:offline-seq:{<user>}` | string | last sequence number of the user's queue |
 //! | `P:reap-lock:<id>` | string, PX | which survivor is reaping the dead instance `<id>` |
 //! | `P:reaped:<id>` | string, PX 1 day | the instance was reaped (its users announced as gone) |
+//! | `P:idem:<scope>:<key>` | string, PX window | a server API idempotency record (`bus::idempotency`) |
+//! | `P:api-settings` | hash | settings the `roomcast_v1` functions read (offline_max, offline_ttl_ms) |
+//! | `P:fn-mid-seq` | string | counter of the message ids the `roomcast_v1` functions stamp |
 //!
 //! Channels: `P:room:<room>` (room events), `P:instance:<id>` (direct
 //! messages for users on that instance) and `P:global`.
@@ -95,6 +98,15 @@ impl Keys {
 
     pub fn reaped(&self, id: &str) -> String {
         format!("{}:reaped:{id}", self.prefix)
+    }
+
+    /// `key` is already scoped by the caller (`<scope>:<client key>`).
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.prefix)
+    }
+
+    pub fn api_settings(&self) -> String {
+        format!("{}:api-settings", self.prefix)
     }
 
     pub fn room_channel(&self, room: &str) -> String {

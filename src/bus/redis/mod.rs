@@ -26,6 +26,7 @@
 //!   user's route, or is queued, or waits in the bounded outbox, or its
 //!   sender gets `unavailable`. Never silently nothing.
 
+pub mod api;
 mod converge;
 mod heartbeat;
 pub mod keys;
@@ -345,6 +346,31 @@ impl RedisBus {
 
     pub fn is_ready(&self) -> bool {
         self.shared.is_ready()
+    }
+
+    pub async fn idem_claim(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        window: Duration,
+    ) -> Result<super::IdemClaim, BusError> {
+        self.shared.idem_claim(key, fingerprint, window).await
+    }
+
+    pub async fn idem_finish(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        answer: &str,
+        window: Duration,
+    ) -> Result<(), BusError> {
+        self.shared
+            .idem_finish(key, fingerprint, answer, window)
+            .await
+    }
+
+    pub async fn idem_release(&self, key: &str) {
+        self.shared.idem_release(key).await;
     }
 
     /// Stops the background tasks, writes what the outbox holds, removes
