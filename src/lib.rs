@@ -17,8 +17,11 @@
 //! - [`node`]: one instance's shared state and command execution.
 //! - [`slots`]: per-instance and per-user connection slots.
 //! - [`server`]: HTTP routes and the WebSocket upgrade; [`shutdown`].
+//! - [`api`]: the server API under `/api/` (the game's backend publishes,
+//!   sends and broadcasts over HTTP).
 //! - [`metrics`]: Prometheus names.
 
+pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod config;

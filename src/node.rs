@@ -59,6 +59,7 @@ pub struct PresenceInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broadcasted {
     pub mid: String,
+    pub ts: u64,
     /// Local connections it was offered to (other instances not counted).
     pub local: usize,
 }
@@ -344,6 +345,7 @@ impl Node {
         self.bus.broadcast(&audience, &msg).await?;
         Ok(Broadcasted {
             mid: msg.mid,
+            ts: msg.ts,
             local,
         })
     }

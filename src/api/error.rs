@@ -8,7 +8,7 @@ use serde::Serialize;
 
 /// Every `code` the server API answers with (also the label values of
 /// `roomcast_api_errors_total`).
-pub const CODES: [&str; 19] = [
+pub const CODES: [&str; 20] = [
     "unauthorized",
     "forbidden",
     "tenant_forbidden",
@@ -27,6 +27,7 @@ pub const CODES: [&str; 19] = [
     "idempotency_in_progress",
     "idempotency_key_reused",
     "not_found",
+    "method_not_allowed",
     "unavailable",
 ];
 

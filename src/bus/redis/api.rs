@@ -142,12 +142,11 @@ local function broadcast(keys, args)
   if err then return err end
   local prefix, tenant, data = args[1], args[2], args[3]
   local now, mid = stamp(prefix)
-  local audience = '"all"'
-  if tenant ~= '*' then audience = cjson.encode(tenant) end
+  local audience = ''
+  if tenant ~= '*' then audience = ',"tenant":' .. cjson.encode(tenant) end
   redis.call('PUBLISH', prefix .. ':global',
-    '{"origin":"$fn","type":"broadcast","tenant":' .. audience ..
-    ',"from":"$server","data":' .. data .. ',"ts":' .. string.format('%d', now) ..
-    ',"mid":"' .. mid .. '"}')
+    '{"origin":"$fn","type":"broadcast"' .. audience .. ',"msg":{"from":"$server","data":' ..
+    data .. ',"ts":' .. string.format('%d', now) .. ',"mid":"' .. mid .. '"}}')
   return {mid, now}
 end
 
