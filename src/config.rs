@@ -306,7 +306,11 @@ pub struct ServeArgs {
     pub api_max_batch: usize,
     /// Server API: seconds a request's `Idempotency-Key` is remembered; a retry
     /// within it gets the first answer and delivers nothing again.
-    #[arg(long, env = "ROOMCAST_API_IDEMPOTENCY_WINDOW_S", default_value_t = 86_400)]
+    #[arg(
+        long,
+        env = "ROOMCAST_API_IDEMPOTENCY_WINDOW_S",
+        default_value_t = 86_400
+    )]
     pub api_idempotency_window_s: u64,
 }
 

@@ -127,7 +127,10 @@ mod tests {
 
     #[test]
     fn keys_match_exactly() {
-        let keys = vec!["k1-0123456789abcdef".to_owned(), "k2-0123456789abcdef".to_owned()];
+        let keys = vec![
+            "k1-0123456789abcdef".to_owned(),
+            "k2-0123456789abcdef".to_owned(),
+        ];
         assert!(key_matches(&keys, b"k1-0123456789abcdef"));
         assert!(key_matches(&keys, b"k2-0123456789abcdef"));
         assert!(!key_matches(&keys, b"k2-0123456789abcde"));
@@ -141,13 +144,22 @@ mod tests {
         let any = Caller { scope: Scope::Any };
         assert_eq!(&*any.tenant(None).expect("default"), "");
         assert_eq!(&*any.tenant(Some("t1")).expect("named"), "t1");
-        assert_eq!(any.tenant(Some("a/b")).map_err(|e| e.code), Err("invalid_tenant"));
+        assert_eq!(
+            any.tenant(Some("a/b")).map_err(|e| e.code),
+            Err("invalid_tenant")
+        );
         let t1 = Caller {
             scope: Scope::Tenant("t1".into()),
         };
         assert_eq!(&*t1.tenant(None).expect("own"), "t1");
         assert_eq!(&*t1.tenant(Some("t1")).expect("own"), "t1");
-        assert_eq!(t1.tenant(Some("t2")).map_err(|e| e.code), Err("tenant_forbidden"));
-        assert_eq!(t1.tenant(Some("")).map_err(|e| e.code), Err("tenant_forbidden"));
+        assert_eq!(
+            t1.tenant(Some("t2")).map_err(|e| e.code),
+            Err("tenant_forbidden")
+        );
+        assert_eq!(
+            t1.tenant(Some("")).map_err(|e| e.code),
+            Err("tenant_forbidden")
+        );
     }
 }

@@ -143,7 +143,11 @@ fn user_key(caller: &Caller, tenant: Option<&str>, user: &str) -> Result<Arc<str
     Ok(scoped(&caller.tenant(tenant)?, user))
 }
 
-fn audience(caller: &Caller, tenant: Option<&str>, all: Option<bool>) -> Result<Audience, ApiError> {
+fn audience(
+    caller: &Caller,
+    tenant: Option<&str>,
+    all: Option<bool>,
+) -> Result<Audience, ApiError> {
     match (tenant, all.unwrap_or(false)) {
         (Some(_), true) => Err(ApiError::bad(
             "invalid_audience",

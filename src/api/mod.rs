@@ -88,7 +88,12 @@ pub fn routes() -> Router<Arc<Node>> {
 }
 
 async fn not_found() -> Response {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such server API endpoint").into_response()
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such server API endpoint",
+    )
+    .into_response()
 }
 
 async fn method_not_allowed() -> Response {
@@ -219,7 +224,13 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// another request is told apart.
 fn fingerprint(endpoint: Endpoint, body: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in endpoint.name().as_bytes().iter().chain([0u8].iter()).chain(body) {
+    for b in endpoint
+        .name()
+        .as_bytes()
+        .iter()
+        .chain([0u8].iter())
+        .chain(body)
+    {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -256,18 +267,43 @@ enum ItemOut {
 }
 
 /// Runs an endpoint's request: status and JSON answer.
-async fn answer(node: &Node, endpoint: Endpoint, caller: &Caller, body: &[u8]) -> (StatusCode, String) {
+async fn answer(
+    node: &Node,
+    endpoint: Endpoint,
+    caller: &Caller,
+    body: &[u8],
+) -> (StatusCode, String) {
     let rules = Rules {
         max_data_bytes: node.config.limits.max_message_bytes,
     };
     let result = match endpoint {
-        Endpoint::Publish => single(node, decode(body).and_then(|r| items::publish(caller, r, rules))).await,
-        Endpoint::Send => single(node, decode(body).and_then(|r| items::send(caller, r, rules))).await,
+        Endpoint::Publish => {
+            single(
+                node,
+                decode(body).and_then(|r| items::publish(caller, r, rules)),
+            )
+            .await
+        }
+        Endpoint::Send => {
+            single(
+                node,
+                decode(body).and_then(|r| items::send(caller, r, rules)),
+            )
+            .await
+        }
         Endpoint::Broadcast => {
-            single(node, decode(body).and_then(|r| items::broadcast(caller, r, rules))).await
+            single(
+                node,
+                decode(body).and_then(|r| items::broadcast(caller, r, rules)),
+            )
+            .await
         }
         Endpoint::Batch => batch(node, caller, body, rules).await,
-        Endpoint::Members => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "not a POST endpoint")),
+        Endpoint::Members => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "not a POST endpoint",
+        )),
     };
     match result {
         Ok(json) => (StatusCode::OK, json),
@@ -287,7 +323,12 @@ async fn single(node: &Node, action: Result<Action, ApiError>) -> Result<String,
 /// item is refused whole (nothing delivered); a valid item that fails
 /// while running (`unavailable`) is answered in its place and the others
 /// still run.
-async fn batch(node: &Node, caller: &Caller, body: &[u8], rules: Rules) -> Result<String, ApiError> {
+async fn batch(
+    node: &Node,
+    caller: &Caller,
+    body: &[u8],
+    rules: Rules,
+) -> Result<String, ApiError> {
     let b: items::BatchIn = decode(body)?;
     let max = node.config.api.max_batch;
     if b.items.len() > max {
@@ -298,7 +339,10 @@ async fn batch(node: &Node, caller: &Caller, body: &[u8], rules: Rules) -> Resul
         ));
     }
     if b.items.is_empty() {
-        return Err(ApiError::bad("empty_batch", "a batch needs at least one item"));
+        return Err(ApiError::bad(
+            "empty_batch",
+            "a batch needs at least one item",
+        ));
     }
     let actions = b
         .items
@@ -331,7 +375,11 @@ struct MembersOut<'a> {
 
 /// `GET /api/rooms/{room}/members[?tenant=t]`: the room's distinct users,
 /// cluster-wide.
-async fn members(State(node): State<Arc<Node>>, Path(room): Path<String>, req: Request) -> Response {
+async fn members(
+    State(node): State<Arc<Node>>,
+    Path(room): Path<String>,
+    req: Request,
+) -> Response {
     metric::request(Endpoint::Members.name());
     let caller = match auth::authenticate(&node, req.headers()) {
         Ok(c) => c,
@@ -352,7 +400,10 @@ async fn members(State(node): State<Arc<Node>>, Path(room): Path<String>, req: R
                 count: p.users.len(),
                 users: p.users,
             };
-            json_response(StatusCode::OK, serde_json::to_string(&out).unwrap_or_default())
+            json_response(
+                StatusCode::OK,
+                serde_json::to_string(&out).unwrap_or_default(),
+            )
         }
         Err(e) => ApiError::unavailable(e.text).into_response(),
     }
@@ -369,9 +420,10 @@ fn query_tenant(query: Option<&str>) -> Result<Option<String>, ApiError> {
                 "the only query parameter is `tenant`, at most once",
             ));
         }
-        tenant = Some(percent_decode(value).ok_or_else(|| {
-            ApiError::bad("invalid_query", "bad percent-encoding in `tenant`")
-        })?);
+        tenant =
+            Some(percent_decode(value).ok_or_else(|| {
+                ApiError::bad("invalid_query", "bad percent-encoding in `tenant`")
+            })?);
     }
     Ok(tenant)
 }
@@ -434,8 +486,14 @@ mod tests {
     #[test]
     fn the_members_query_takes_only_a_tenant() {
         assert_eq!(query_tenant(None).expect("none"), None);
-        assert_eq!(query_tenant(Some("tenant=acme")).expect("t"), Some("acme".into()));
-        assert_eq!(query_tenant(Some("tenant=a%3Ab")).expect("t"), Some("a:b".into()));
+        assert_eq!(
+            query_tenant(Some("tenant=acme")).expect("t"),
+            Some("acme".into())
+        );
+        assert_eq!(
+            query_tenant(Some("tenant=a%3Ab")).expect("t"),
+            Some("a:b".into())
+        );
         assert!(query_tenant(Some("room=x")).is_err());
         assert!(query_tenant(Some("tenant=a&tenant=b")).is_err());
         assert!(query_tenant(Some("tenant=%zz")).is_err());

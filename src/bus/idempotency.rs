@@ -120,7 +120,10 @@ mod tests {
         store.release("k");
         assert_eq!(store.claim("k", "f2", w), Some(IdemClaim::Fresh));
         let short = MemoryIdempotency::default();
-        assert_eq!(short.claim("k", "f", Duration::ZERO), Some(IdemClaim::Fresh));
+        assert_eq!(
+            short.claim("k", "f", Duration::ZERO),
+            Some(IdemClaim::Fresh)
+        );
         assert_eq!(short.claim("k", "f", w), Some(IdemClaim::Fresh));
     }
 
