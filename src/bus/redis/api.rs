@@ -21,14 +21,11 @@ use super::{Shared, metric, unavailable};
 use crate::bus::BusError;
 use crate::bus::idempotency::{IdemClaim, done_record, judge, pending_record};
 
-/// The library's name, which is also its contract version.
-pub const LIBRARY: &str = "roomcast_v1";
-
 /// Largest `data` the functions accept, in bytes (the default
 /// `--max-message-bytes`).
 pub const FUNCTION_MAX_DATA_BYTES: usize = 65_536;
 
-/// The `roomcast_v1` library. ARGV of every function starts with the key
+/// The `roomcast_v1` library (its name is also its contract version). ARGV of every function starts with the key
 /// prefix and the tenant ("" for the default tenant).
 pub const LIBRARY_CODE: &str = r#"#!lua name=roomcast_v1
 

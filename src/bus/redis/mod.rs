@@ -515,7 +515,7 @@ pub mod metric {
     ];
 
     /// Every `op` of `roomcast_redis_skipped_total`.
-    pub const SKIPPED_OPS: [&str; 8] = [
+    pub const SKIPPED_OPS: [&str; 9] = [
         "publish",
         "broadcast",
         "subscribe",
@@ -524,6 +524,7 @@ pub mod metric {
         "route_drop",
         "send",
         "offline_ack",
+        "idempotency",
     ];
 
     /// Every metric of cluster mode.
