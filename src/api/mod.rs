@@ -68,6 +68,10 @@ impl Endpoint {
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Set on an answer replayed from an idempotency record.
 pub const REPLAYED: &str = "idempotent-replayed";
+/// How long an idempotency key stays claimed by a request that has not
+/// answered: an instance that dies mid-request blocks retries (409) only
+/// this long, not for the whole window.
+pub const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 
@@ -128,7 +132,8 @@ async fn handle_post(endpoint: Endpoint, State(node): State<Arc<Node>>, req: Req
     let record = format!("{}:{key}", caller.key_scope());
     let fingerprint = fingerprint(endpoint, &body);
     let window = node.config.api.idempotency_window;
-    match node.bus.idem_claim(&record, &fingerprint, window).await {
+    let claim_for = window.min(PENDING_TTL);
+    match node.bus.idem_claim(&record, &fingerprint, claim_for).await {
         Err(e) => ApiError::unavailable(e.to_string()).into_response(),
         Ok(IdemClaim::Pending) => ApiError::new(
             StatusCode::CONFLICT,
@@ -158,8 +163,9 @@ async fn handle_post(endpoint: Endpoint, State(node): State<Arc<Node>>, req: Req
                     .idem_finish(&record, &fingerprint, &stored, window)
                     .await
                 {
-                    // Delivered, but the record stays "in progress" until
-                    // its window ends: a retry is refused, never repeated.
+                    // Delivered, but the claim stays "in progress": a
+                    // retry is refused until it lapses (PENDING_TTL), and
+                    // only a retry after that delivers again.
                     tracing::warn!(error = %e, "idempotency answer not recorded");
                 }
             }
