@@ -91,6 +91,24 @@ pub enum Action {
     Broadcast { audience: Audience, data: Data },
 }
 
+/// What an action addresses: actions on one lane keep their order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Room(Arc<str>),
+    User(Arc<str>),
+    Broadcast,
+}
+
+impl Action {
+    pub fn lane(&self) -> Lane {
+        match self {
+            Action::Publish { room, .. } => Lane::Room(room.clone()),
+            Action::Send { user, .. } => Lane::User(user.clone()),
+            Action::Broadcast { .. } => Lane::Broadcast,
+        }
+    }
+}
+
 /// What an action did, as answered (alone, or as one batch result).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Done {

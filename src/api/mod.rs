@@ -16,6 +16,7 @@ pub mod auth;
 pub mod error;
 pub mod items;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -23,6 +24,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Serialize;
 
@@ -325,10 +327,15 @@ async fn single(node: &Node, action: Result<Action, ApiError>) -> Result<String,
     Ok(serde_json::to_string(&done).unwrap_or_default())
 }
 
-/// Validates every item, then runs them in order. A batch with an invalid
-/// item is refused whole (nothing delivered); a valid item that fails
-/// while running (`unavailable`) is answered in its place and the others
-/// still run.
+/// Validates every item, then runs them. A batch with an invalid item is
+/// refused whole (nothing delivered); a valid item that fails while running
+/// (`unavailable`) is answered in its place and the others still run.
+///
+/// Items are split into lanes by what they address (a room, a user, or
+/// broadcasts): a lane runs its items one after the other, in batch
+/// order, and up to [`BATCH_LANES`] lanes run at once, so a batch over many
+/// rooms shares Redis round trips while each room, user and the broadcasts
+/// keep their order whatever the node awaits inside an operation.
 async fn batch(
     node: &Node,
     caller: &Caller,
@@ -356,20 +363,49 @@ async fn batch(
         .enumerate()
         .map(|(i, item)| items::item(caller, item, rules).map_err(|e| e.at(i)))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut results = Vec::with_capacity(actions.len());
-    for action in actions {
-        results.push(match items::run(node, action).await {
-            Ok(done) => ItemOut::Done(done),
-            Err(e) => {
-                metric::error(e.code);
-                ItemOut::Failed {
-                    status: "failed",
-                    error: serde_json::json!(e.body()),
-                }
-            }
+    let count = actions.len();
+    let mut lanes: Vec<Vec<(usize, Action)>> = Vec::new();
+    let mut lane_of: HashMap<items::Lane, usize> = HashMap::new();
+    for (i, action) in actions.into_iter().enumerate() {
+        let lane = *lane_of.entry(action.lane()).or_insert_with(|| {
+            lanes.push(Vec::new());
+            lanes.len() - 1
         });
+        lanes[lane].push((i, action));
     }
+    let done: Vec<Vec<(usize, ItemOut)>> = futures_util::stream::iter(lanes)
+        .map(|lane| async move {
+            let mut out = Vec::with_capacity(lane.len());
+            for (i, action) in lane {
+                out.push((i, outcome(items::run(node, action).await)));
+            }
+            out
+        })
+        .buffer_unordered(BATCH_LANES)
+        .collect()
+        .await;
+    let mut results: Vec<Option<ItemOut>> = (0..count).map(|_| None).collect();
+    for (i, out) in done.into_iter().flatten() {
+        results[i] = Some(out);
+    }
+    let results: Vec<ItemOut> = results.into_iter().flatten().collect();
     Ok(serde_json::to_string(&BatchOut { results }).unwrap_or_default())
+}
+
+/// Lanes of one batch that run at once.
+pub const BATCH_LANES: usize = 64;
+
+fn outcome(result: Result<Done, ApiError>) -> ItemOut {
+    match result {
+        Ok(done) => ItemOut::Done(done),
+        Err(e) => {
+            metric::error(e.code);
+            ItemOut::Failed {
+                status: "failed",
+                error: serde_json::json!(e.body()),
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]
