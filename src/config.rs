@@ -304,6 +304,29 @@ pub struct ServeArgs {
     /// joined/left are broadcast only in rooms of at most this many users (0: never).
     #[arg(long, env = "ROOMCAST_PRESENCE_EVENTS_MAX", default_value_t = 1000)]
     pub presence_events_max: u64,
+    /// Server API keys (`Authorization: Bearer <key>`), comma-separated, each at
+    /// least 16 bytes; several at once so keys can rotate. Prefer the environment.
+    #[arg(
+        long,
+        env = "ROOMCAST_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// Server API: largest request body in bytes (larger: HTTP 413 `body_too_large`).
+    #[arg(long, env = "ROOMCAST_API_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub api_max_body_bytes: usize,
+    /// Server API: most items in one batch request (more: HTTP 413 `batch_too_large`).
+    #[arg(long, env = "ROOMCAST_API_MAX_BATCH", default_value_t = 1000)]
+    pub api_max_batch: usize,
+    /// Server API: seconds a request's `Idempotency-Key` is remembered; a retry
+    /// within it gets the first answer and delivers nothing again.
+    #[arg(
+        long,
+        env = "ROOMCAST_API_IDEMPOTENCY_WINDOW_S",
+        default_value_t = 86_400
+    )]
+    pub api_idempotency_window_s: u64,
 }
 
 #[derive(Debug, Error)]
@@ -422,6 +445,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub redis: Option<RedisConfig>,
     pub admin: AdminConfig,
+    pub api: ApiConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -431,6 +455,29 @@ pub struct AdminConfig {
     /// Busiest rooms listed, per ranking.
     pub top_rooms: usize,
 }
+
+/// The server API's settings (`src/api/`).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub keys: ApiKeys,
+    pub max_body_bytes: usize,
+    pub max_batch: usize,
+    pub idempotency_window: Duration,
+}
+
+/// Server API keys. Their `Debug` shows only how many there are, so a
+/// logged config never shows one.
+#[derive(Clone, Default)]
+pub struct ApiKeys(pub Vec<String>);
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.0.len())
+    }
+}
+
+/// Shortest API key accepted at start.
+pub const MIN_API_KEY_LEN: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -568,6 +615,20 @@ impl TryFrom<ServeArgs> for Config {
                 "redis-reconnect-max-ms must be at least redis-reconnect-min-ms".into(),
             ));
         }
+        let api_keys: Vec<String> = a
+            .api_keys
+            .into_iter()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect();
+        if api_keys.iter().any(|k| k.len() < MIN_API_KEY_LEN) {
+            return Err(ConfigError::Invalid(format!(
+                "every api key must be at least {MIN_API_KEY_LEN} bytes"
+            )));
+        }
+        positive("api-max-body-bytes", a.api_max_body_bytes as u64)?;
+        positive("api-max-batch", a.api_max_batch as u64)?;
+        positive("api-idempotency-window-s", a.api_idempotency_window_s)?;
         let log_filter = match a.log_filter.trim() {
             "" => "info".to_owned(),
             f => f.to_owned(),
@@ -636,6 +697,12 @@ impl TryFrom<ServeArgs> for Config {
                 reconnect_max: Duration::from_millis(a.redis_reconnect_max_ms),
                 startup_wait: Duration::from_millis(a.redis_startup_wait_ms),
             }),
+            api: ApiConfig {
+                keys: ApiKeys(api_keys),
+                max_body_bytes: a.api_max_body_bytes,
+                max_batch: a.api_max_batch,
+                idempotency_window: Duration::from_secs(a.api_idempotency_window_s),
+            },
         })
     }
 }

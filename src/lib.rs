@@ -17,10 +17,13 @@
 //! - [`node`]: one instance's shared state and command execution.
 //! - [`slots`]: per-instance and per-user connection slots.
 //! - [`server`]: HTTP routes and the WebSocket upgrade; [`shutdown`].
+//! - [`api`]: the server API under `/api/` (the game's backend publishes,
+//!   sends and broadcasts over HTTP).
 //! - [`metrics`]: Prometheus names.
 //! - [`admin`]: the stats channel, admin commands, `/admin/api` and the dashboard.
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod config;

@@ -133,7 +133,7 @@ const CLOSE_LABELS: [&str; 9] = [
 const CODEC_LABELS: [&str; 2] = ["json", "msgpack"];
 
 /// Every metric of the server outside cluster mode.
-pub const METRICS: [Metric; 15] = [
+pub const METRICS: [Metric; 19] = [
     Metric {
         name: "roomcast_connections",
         kind: Kind::Gauge,
@@ -224,7 +224,37 @@ pub const METRICS: [Metric; 15] = [
         help: "Queued direct messages dropped, by reason (cap: queue full, ttl: expired).",
         label: Some(("reason", &OFFLINE_DROP_REASONS)),
     },
+    Metric {
+        name: "roomcast_api_requests_total",
+        kind: Kind::Counter,
+        help: "Server API requests, by endpoint.",
+        label: Some(("endpoint", &API_ENDPOINTS)),
+    },
+    Metric {
+        name: "roomcast_api_items_total",
+        kind: Kind::Counter,
+        help: "Server API messages run (single requests and batch items), by op.",
+        label: Some(("op", &API_OPS)),
+    },
+    Metric {
+        name: "roomcast_api_errors_total",
+        kind: Kind::Counter,
+        help: "Server API refusals and failed items, by error code.",
+        label: Some(("code", &crate::api::error::CODES)),
+    },
+    Metric {
+        name: "roomcast_api_idempotent_replays_total",
+        kind: Kind::Counter,
+        help: "Server API requests answered from an idempotency record (nothing delivered again).",
+        label: None,
+    },
 ];
+
+/// The `endpoint` labels of `roomcast_api_requests_total`.
+const API_ENDPOINTS: [&str; 5] = ["publish", "send", "broadcast", "batch", "members"];
+
+/// The `op` labels of `roomcast_api_items_total`.
+const API_OPS: [&str; 3] = ["publish", "send", "broadcast"];
 
 /// Describes every metric and registers each known series at 0.
 fn register() {

@@ -43,6 +43,13 @@ impl From<BusError> for OpError {
     }
 }
 
+/// The server time and message id a message was stamped with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub ts: u64,
+    pub mid: String,
+}
+
 /// The answer to a presence query.
 pub struct PresenceInfo {
     pub users: Vec<String>,
@@ -52,6 +59,7 @@ pub struct PresenceInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broadcasted {
     pub mid: String,
+    pub ts: u64,
     /// Local connections it was offered to (other instances not counted).
     pub local: usize,
 }
@@ -259,15 +267,32 @@ impl Node {
                 "join the room before publishing to it",
             ));
         }
+        self.publish_as(unscoped(&conn.user), room, data).await?;
+        Ok(())
+    }
+
+    /// Publishes to a room as `from` (a member's user id, or a reserved
+    /// sender such as `$server`), without a membership check: one `ts` and
+    /// one `mid` for every recipient on every instance.
+    pub async fn publish_as(
+        &self,
+        from: &str,
+        room: &Arc<str>,
+        data: Data,
+    ) -> Result<Stamp, OpError> {
         let msg = RoomMessage {
-            from: unscoped(&conn.user).to_owned(),
+            from: from.to_owned(),
             data,
             ts: now_ms(),
             mid: self.next_mid(),
         };
         self.admin.count_message(room);
+        let stamp = Stamp {
+            ts: msg.ts,
+            mid: msg.mid.clone(),
+        };
         self.publish_event(room, RoomEvent::Message(msg)).await?;
-        Ok(())
+        Ok(stamp)
     }
 
     /// Delivers a room event to local members at once, then to the other
@@ -283,14 +308,31 @@ impl Node {
         to: &Arc<str>,
         data: Data,
     ) -> Result<SendOutcome, OpError> {
+        let (outcome, _) = self.send_as(unscoped(&conn.user), to, data).await?;
+        Ok(outcome)
+    }
+
+    /// Sends a direct message to a user (a scoped key) as `from`: local
+    /// connections first, then the user's other instances, or the offline
+    /// queue when the user has no connection anywhere.
+    pub async fn send_as(
+        &self,
+        from: &str,
+        to: &Arc<str>,
+        data: Data,
+    ) -> Result<(SendOutcome, Stamp), OpError> {
         let msg = DirectMessage {
-            from: unscoped(&conn.user).to_owned(),
+            from: from.to_owned(),
             data,
             ts: now_ms(),
             mid: self.next_mid(),
         };
+        let stamp = Stamp {
+            ts: msg.ts,
+            mid: msg.mid.clone(),
+        };
         let local = self.hub.deliver_direct(to, &msg) > 0;
-        Ok(self.bus.send(to, msg, local).await?)
+        Ok((self.bus.send(to, msg, local).await?, stamp))
     }
 
     /// Sends `data` to every connection of the audience on every instance
@@ -314,6 +356,7 @@ impl Node {
         self.bus.broadcast(&audience, &msg).await?;
         Ok(Broadcasted {
             mid: msg.mid,
+            ts: msg.ts,
             local,
         })
     }

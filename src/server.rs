@@ -73,6 +73,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
         .merge(crate::admin::http::routes())
+        .merge(crate::api::routes())
         .with_state(node)
 }
 

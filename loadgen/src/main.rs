@@ -9,7 +9,8 @@
 //! - `wire`: frames the loadgen sends, the subset of events it decodes,
 //!   and per-publisher order tracking (pure).
 //! - `engine`: one task per client: connect, join, send on schedule, count.
-//! - `workloads`: W1-W5 (W6 is W1 and W3 against one instance).
+//! - `workloads`: W1-W5 (W6 is W1 and W3 against one instance) and W8
+//!   (the server API's batch endpoint).
 //! - `procstat`: CPU seconds and RSS from `/proc`.
 //! - `report`: the JSON line.
 
@@ -118,6 +119,31 @@ enum Workload {
     W4(OfflineArgs),
     /// Big room: one room, one publisher.
     W5(BigRoomArgs),
+    /// Server API: batches of publishes POSTed to /api/batch.
+    W8(ServerApiArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServerApiArgs {
+    #[arg(long, default_value_t = 1000)]
+    rooms: usize,
+    /// Listeners per room, split over the instances.
+    #[arg(long, default_value_t = 10)]
+    members: usize,
+    /// Publishes per POST /api/batch.
+    #[arg(long = "batch-items", default_value_t = 100)]
+    batch_items: usize,
+    /// HTTP connections posting batches (each owns rooms / drivers rooms).
+    #[arg(long, default_value_t = 10)]
+    drivers: usize,
+    /// Target publishes/s over all drivers; 0 = as fast as answers come.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// An API key the servers accept (`--api-keys`).
+    #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]
+    api_key: String,
+    #[command(flatten)]
+    timing: TimingArgs,
 }
 
 #[derive(Args, Debug, Clone, Copy)]
@@ -313,7 +339,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(ctx: &Ctx, w: &Workload) -> anyhow::Result<report::Report> {
-    use workloads::{idle, offline, timed};
+    use workloads::{idle, offline, server_api, timed};
     match w {
         Workload::W1(a) => {
             timed::fanout(ctx, "W1", a.clients, a.rooms, a.rate, a.timing.into()).await
@@ -321,6 +347,17 @@ async fn run(ctx: &Ctx, w: &Workload) -> anyhow::Result<report::Report> {
         Workload::W5(a) => timed::fanout(ctx, "W5", a.clients, 1, a.rate, a.timing.into()).await,
         Workload::W3(a) => timed::direct(ctx, "W3", a.pairs, a.rate, a.timing.into()).await,
         Workload::W2(a) => idle::idle(ctx, "W2", a.clients, a.rooms, a.settle, a.hold).await,
+        Workload::W8(a) => {
+            let shape = server_api::ApiShape {
+                rooms: a.rooms,
+                members: a.members,
+                batch: a.batch_items,
+                drivers: a.drivers,
+                rate: a.rate,
+                api_key: a.api_key.clone(),
+            };
+            server_api::server_api(ctx, "W8", &shape, a.timing.into()).await
+        }
         Workload::W4(a) => {
             let shape = OfflineShape {
                 users: a.users,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 
+use super::idempotency::MemoryIdempotency;
 use super::{DirectMessage, PresenceChange, SendOutcome};
 use crate::hub::Hub;
 use crate::offline::{MemoryOffline, Queued};
@@ -19,11 +20,17 @@ use crate::offline::{MemoryOffline, Queued};
 pub struct MemoryBus {
     hub: Arc<Hub>,
     offline: MemoryOffline,
+    /// The server API's idempotency records.
+    pub(crate) idempotency: MemoryIdempotency,
 }
 
 impl MemoryBus {
     pub fn new(hub: Arc<Hub>, offline: MemoryOffline) -> Self {
-        MemoryBus { hub, offline }
+        MemoryBus {
+            hub,
+            offline,
+            idempotency: MemoryIdempotency::default(),
+        }
     }
 
     /// Every member is local: the count is the local one, and every local
@@ -88,5 +95,6 @@ impl MemoryBus {
 
     pub fn sweep(&self) {
         self.offline.sweep();
+        self.idempotency.sweep();
     }
 }

@@ -7,6 +7,7 @@
 //! from elsewhere. The rest of the server calls only the methods here and
 //! never learns which implementation runs.
 
+pub mod idempotency;
 pub mod memory;
 pub mod redis;
 
@@ -14,6 +15,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+pub use idempotency::IdemClaim;
 
 use crate::offline::Queued;
 use crate::protocol::{Data, ServerEvent};
@@ -246,6 +249,48 @@ impl Bus {
         match self {
             Bus::Memory(b) => b.offline_written(user, upto),
             Bus::Redis(b) => Box::pin(b.offline_written(user, upto)).await,
+        }
+    }
+
+    /// Claims a server API idempotency key (scoped by the caller) for
+    /// `window`, or finds the record of the request that claimed it.
+    pub async fn idem_claim(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        window: std::time::Duration,
+    ) -> Result<IdemClaim, BusError> {
+        match self {
+            Bus::Memory(b) => b
+                .idempotency
+                .claim(key, fingerprint, window)
+                .ok_or_else(|| BusError::Unavailable("idempotency store full".into())),
+            Bus::Redis(b) => Box::pin(b.idem_claim(key, fingerprint, window)).await,
+        }
+    }
+
+    /// Records the answer of the request that claimed `key`.
+    pub async fn idem_finish(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        answer: &str,
+        window: std::time::Duration,
+    ) -> Result<(), BusError> {
+        match self {
+            Bus::Memory(b) => {
+                b.idempotency.finish(key, fingerprint, answer, window);
+                Ok(())
+            }
+            Bus::Redis(b) => Box::pin(b.idem_finish(key, fingerprint, answer, window)).await,
+        }
+    }
+
+    /// Forgets a claim whose request delivered nothing (it may be retried).
+    pub async fn idem_release(&self, key: &str) {
+        match self {
+            Bus::Memory(b) => b.idempotency.release(key),
+            Bus::Redis(b) => Box::pin(b.idem_release(key)).await,
         }
     }
 

@@ -5,9 +5,11 @@
 //!   which is W1 and W3 against one instance without Redis).
 //! - [`idle`]: W2 idle connections.
 //! - [`offline`]: W4 offline queue.
+//! - [`server_api`]: W8, batches of publishes through the server API.
 
 pub mod idle;
 pub mod offline;
+pub mod server_api;
 pub mod timed;
 
 use std::sync::Arc;

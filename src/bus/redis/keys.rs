@@ -20,6 +20,9 @@
 //! | `P:reaped:<id>` | string, PX 1 day | the instance was reaped (its users announced as gone) |
 //! | `P:admin:watch` | string, PX | some instance has a local admin stats subscriber |
 //! | `P:admin:stats:<id>` | string, PX | the instance's admin figures as JSON, while watched |
+//! | `P:idem:<scope>:<key>` | string, PX window | a server API idempotency record (`bus::idempotency`) |
+//! | `P:api-settings` | hash | settings the `roomcast_v1` functions read (offline_max, offline_ttl_ms) |
+//! | `P:fn-mid-seq` | string | counter of the message ids the `roomcast_v1` functions stamp |
 //!
 //! Channels: `P:room:<room>` (room events), `P:instance:<id>` (direct
 //! messages for users on that instance) and `P:global`.
@@ -110,6 +113,15 @@ impl Keys {
     /// The prefix of every presence key; the rest is the scoped room.
     pub fn presence_prefix(&self) -> String {
         format!("{}:presence:", self.prefix)
+    }
+
+    /// `key` is already scoped by the caller (`<scope>:<client key>`).
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.prefix)
+    }
+
+    pub fn api_settings(&self) -> String {
+        format!("{}:api-settings", self.prefix)
     }
 
     pub fn room_channel(&self, room: &str) -> String {

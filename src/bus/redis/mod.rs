@@ -26,6 +26,7 @@
 //!   user's route, or is queued, or waits in the bounded outbox, or its
 //!   sender gets `unavailable`. Never silently nothing.
 
+pub mod api;
 mod control;
 mod converge;
 mod heartbeat;
@@ -422,6 +423,31 @@ impl RedisBus {
         self.shared.outbox.len()
     }
 
+    pub async fn idem_claim(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        window: Duration,
+    ) -> Result<super::IdemClaim, BusError> {
+        self.shared.idem_claim(key, fingerprint, window).await
+    }
+
+    pub async fn idem_finish(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        answer: &str,
+        window: Duration,
+    ) -> Result<(), BusError> {
+        self.shared
+            .idem_finish(key, fingerprint, answer, window)
+            .await
+    }
+
+    pub async fn idem_release(&self, key: &str) {
+        self.shared.idem_release(key).await;
+    }
+
     /// Stops the background tasks, writes what the outbox holds, removes
     /// this instance's registry entry, routes and presence (publishing
     /// `left` where users vanish), and closes the connections.
@@ -557,7 +583,7 @@ pub mod metric {
     ];
 
     /// Every `op` of `roomcast_redis_skipped_total`.
-    pub const SKIPPED_OPS: [&str; 8] = [
+    pub const SKIPPED_OPS: [&str; 9] = [
         "publish",
         "broadcast",
         "subscribe",
@@ -566,6 +592,7 @@ pub mod metric {
         "route_drop",
         "send",
         "offline_ack",
+        "idempotency",
     ];
 
     /// Every metric of cluster mode.

@@ -245,6 +245,7 @@ impl Shared {
     async fn resync(&self) -> Result<(), RedisError> {
         metric::resync();
         self.scripts.load_all(&self.client).await?;
+        self.load_api_library().await?;
         self.resubscribe().await?;
         let existed = self.beat().await?;
         // Our registration was gone: either Redis lost its data (nobody saw
