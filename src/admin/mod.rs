@@ -271,3 +271,51 @@ async fn interval(node: &Arc<Node>, sampler: &mut stats::Sampler, every: Duratio
     };
     fanout::deliver_conns(&subscribers, &event);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bus's message format: the action tag beside the fields, and
+    /// unknown fields (`origin`, `type`) ignored when read back.
+    #[test]
+    fn controls_cross_the_bus_as_tagged_json() {
+        let kick = Control::KickConn {
+            conn: 17,
+            tenant: Some("t1".into()),
+            reason: "spam".into(),
+        };
+        let text = serde_json::to_string(&kick).expect("json");
+        assert_eq!(
+            text,
+            r#"{"action":"kick_conn","conn":17,"tenant":"t1","reason":"spam"}"#
+        );
+        let read: Control = serde_json::from_str(
+            r#"{"origin":"i-1","type":"admin","action":"kick_conn","conn":17,"tenant":"t1","reason":"spam"}"#,
+        )
+        .expect("read");
+        assert_eq!(read, kick);
+        let drain: Control =
+            serde_json::from_str(r#"{"type":"admin","action":"drain"}"#).expect("read");
+        assert_eq!(drain, Control::Drain);
+        assert!(serde_json::from_str::<Control>(r#"{"action":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn kick_reasons_are_taken_once() {
+        let admin = Admin::new();
+        let conn = ConnHandle::new(
+            5,
+            "/bob".into(),
+            crate::protocol::Codec::Json,
+            4,
+            crate::config::SlowConsumerPolicy::Close,
+        );
+        assert_eq!(admin.take_kick_reason(5), None);
+        admin.kick(&conn, "spam");
+        assert!(conn.is_killed());
+        assert_eq!(conn.close_code(), Some(4002));
+        assert_eq!(admin.take_kick_reason(5).as_deref(), Some("spam"));
+        assert_eq!(admin.take_kick_reason(5), None);
+    }
+}
