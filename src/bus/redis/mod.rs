@@ -62,7 +62,7 @@ use crate::offline::Queued;
 use converge::Converger;
 use keys::Keys;
 use offline::HeldDirects;
-use routes::Epochs;
+use routes::{Epochs, RouteCache};
 use scripts::Scripts;
 
 /// Timings and sizes of cluster mode. Defaults follow the spec (heartbeat
@@ -88,6 +88,9 @@ pub struct RedisTuning {
     /// Capacity of fred's pub/sub broadcast channel (messages in flight
     /// between the socket reader and the receive loop).
     pub subscriber_buffer: usize,
+    /// Users whose routes a sender keeps (0: every direct message runs
+    /// the send script).
+    pub route_cache: usize,
     /// How long `serve` waits for the first sync before listening anyway
     /// (not ready).
     pub startup_wait: Duration,
@@ -104,6 +107,7 @@ impl From<&RedisConfig> for RedisTuning {
             reconnect_max: c.reconnect_max,
             outbox_capacity: c.outbox_max,
             subscriber_buffer: c.subscriber_buffer,
+            route_cache: c.route_cache,
             startup_wait: c.startup_wait,
             ..RedisTuning::default()
         }
@@ -124,6 +128,7 @@ impl Default for RedisTuning {
             reconnect_max: Duration::from_millis(d::RECONNECT_MAX_MS),
             outbox_capacity: d::OUTBOX_MAX,
             subscriber_buffer: d::SUBSCRIBER_BUFFER,
+            route_cache: d::ROUTE_CACHE,
             startup_wait: Duration::from_millis(d::STARTUP_WAIT_MS),
         }
     }
@@ -171,6 +176,7 @@ pub(crate) struct Shared {
     /// This instance's presence records, converging on the registry.
     presence: Converger<(Arc<str>, Arc<str>)>,
     epochs: Epochs,
+    route_cache: RouteCache,
     outbox: HeldDirects,
     /// Prefix of room payloads this instance published.
     own_prefix: String,
@@ -250,6 +256,7 @@ impl RedisBus {
             own_prefix: wire::origin_prefix(instance_id),
             keys,
             outbox: HeldDirects::new(tuning.outbox_capacity),
+            route_cache: RouteCache::new(tuning.route_cache),
             tuning,
             offline_cfg,
             hub,
@@ -528,7 +535,7 @@ pub mod metric {
     ];
 
     /// Every metric of cluster mode.
-    pub const METRICS: [Metric; 9] = [
+    pub const METRICS: [Metric; 10] = [
         Metric {
             name: "roomcast_redis_ready",
             kind: Kind::Gauge,
@@ -578,6 +585,12 @@ pub mod metric {
             label: None,
         },
         Metric {
+            name: "roomcast_redis_route_cache_total",
+            kind: Kind::Counter,
+            help: "Direct messages to users elsewhere by route cache result: hit (published to the cached instances), stale (one no longer listened; forgotten), miss (the send script routed it).",
+            label: Some(("result", &["hit", "stale", "miss"])),
+        },
+        Metric {
             name: "roomcast_redis_reaped_instances_total",
             kind: Kind::Counter,
             help: "Dead instances this instance cleaned up after.",
@@ -600,6 +613,9 @@ pub mod metric {
     }
     pub fn skipped(op: &'static str) {
         counter!("roomcast_redis_skipped_total", "op" => op).increment(1);
+    }
+    pub fn route_cache(result: &'static str) {
+        counter!("roomcast_redis_route_cache_total", "result" => result).increment(1);
     }
     pub fn bad_message() {
         counter!("roomcast_redis_bad_messages_total").increment(1);

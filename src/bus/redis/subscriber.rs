@@ -77,6 +77,11 @@ impl Shared {
             return;
         }
         match serde_json::from_slice::<wire::GlobalIn>(payload) {
+            Ok(wire::GlobalIn {
+                kind,
+                user: Some(user),
+                ..
+            }) if kind == "route_added" => self.route_cache.forget(&user),
             Ok(msg) => match msg.into_broadcast() {
                 Some((audience, msg)) => {
                     self.hub.deliver_broadcast(&audience, &msg);
@@ -95,10 +100,17 @@ impl Shared {
     fn on_instance_message(self: &Arc<Self>, payload: &[u8]) {
         match serde_json::from_slice::<wire::InstanceIn>(payload) {
             Ok(wire::InstanceIn {
+                origin,
                 kind,
                 user: Some(user),
+                local,
                 msg: Some(msg),
-            }) if kind == "direct" => self.deliver_remote_direct(user.into(), msg),
+            }) if kind == "direct" => self.deliver_remote_direct(user.into(), msg, origin, local),
+            Ok(wire::InstanceIn {
+                kind,
+                user: Some(user),
+                ..
+            }) if kind == "route_stale" => self.route_cache.forget(&user),
             Ok(other) => tracing::debug!(kind = %other.kind, "ignored instance message"),
             Err(e) => {
                 metric::bad_message();
