@@ -289,6 +289,19 @@ pub struct ServeArgs {
     /// joined/left are broadcast only in rooms of at most this many users (0: never).
     #[arg(long, env = "ROOMCAST_PRESENCE_EVENTS_MAX", default_value_t = 1000)]
     pub presence_events_max: u64,
+    /// Room history by room-name pattern: PATTERN=SIZE/TTL (e.g. `game:*=200/10m`: the last
+    /// 200 messages, each kept 10 minutes). Repeatable; comma-separated in the environment;
+    /// the first matching pattern wins. None (the default): no room keeps history.
+    #[arg(long = "history", env = "ROOMCAST_HISTORY", value_delimiter = ',')]
+    pub history: Vec<String>,
+    /// Most early messages an instance holds per history room while it fills a gap from the
+    /// history; beyond it the room's members get a `gap` event.
+    #[arg(long, env = "ROOMCAST_HISTORY_FILL_MAX", default_value_t = crate::history::defaults::FILL_MAX)]
+    pub history_fill_max: usize,
+    /// How long a history room's position (offset, epoch) outlives its last message, so
+    /// clients rejoining after a quiet spell still recover: seconds, or with s, m, h, d.
+    #[arg(long, env = "ROOMCAST_HISTORY_META_TTL", default_value = "1d", value_parser = parse_ttl)]
+    pub history_meta_ttl: Duration,
 }
 
 #[derive(Debug, Error)]
@@ -406,6 +419,7 @@ pub struct Config {
     pub offline: OfflineConfig,
     pub shutdown: ShutdownConfig,
     pub redis: Option<RedisConfig>,
+    pub history: crate::history::HistoryConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -538,6 +552,18 @@ impl TryFrom<ServeArgs> for Config {
                 "redis-reconnect-max-ms must be at least redis-reconnect-min-ms".into(),
             ));
         }
+        let mut history_rules = Vec::new();
+        for rule in a.history.iter().filter(|r| !r.trim().is_empty()) {
+            let rule = crate::history::HistoryRule::parse(rule).map_err(ConfigError::Invalid)?;
+            if rule.ttl > a.history_meta_ttl {
+                return Err(ConfigError::Invalid(format!(
+                    "history rule {}: TTL longer than history-meta-ttl",
+                    rule.pattern
+                )));
+            }
+            history_rules.push(std::sync::Arc::new(rule));
+        }
+        positive("history-fill-max", a.history_fill_max as u64)?;
         let log_filter = match a.log_filter.trim() {
             "" => "info".to_owned(),
             f => f.to_owned(),
@@ -601,6 +627,11 @@ impl TryFrom<ServeArgs> for Config {
                 reconnect_max: Duration::from_millis(a.redis_reconnect_max_ms),
                 startup_wait: Duration::from_millis(a.redis_startup_wait_ms),
             }),
+            history: crate::history::HistoryConfig {
+                rules: history_rules,
+                fill_max: a.history_fill_max,
+                meta_ttl: a.history_meta_ttl,
+            },
         })
     }
 }

@@ -89,7 +89,9 @@ impl Metric {
 }
 
 /// Client operations, in the order of [`op_received`]'s index.
-pub const OPS: [&str; 6] = ["join", "leave", "publish", "send", "presence", "ping"];
+pub const OPS: [&str; 7] = [
+    "join", "leave", "publish", "send", "presence", "ping", "history",
+];
 
 /// Every `reason` of `roomcast_upgrades_rejected_total` (the admission
 /// steps of `server`).
@@ -126,11 +128,14 @@ const CLOSE_LABELS: [&str; 8] = [
     "1001", "1002", "1007", "1008", "1009", "1011", "4000", "4001",
 ];
 
+/// Every `result` of `roomcast_history_recoveries_total`.
+pub const RECOVERY_RESULTS: [&str; 2] = ["recovered", "not_recovered"];
+
 /// The `codec` labels of `roomcast_encodes_total`, in [`Codec::index`] order.
 const CODEC_LABELS: [&str; 2] = ["json", "msgpack"];
 
 /// Every metric of the server outside cluster mode.
-pub const METRICS: [Metric; 15] = [
+pub const METRICS: [Metric; 18] = [
     Metric {
         name: "roomcast_connections",
         kind: Kind::Gauge,
@@ -221,6 +226,24 @@ pub const METRICS: [Metric; 15] = [
         help: "Queued direct messages dropped, by reason (cap: queue full, ttl: expired).",
         label: Some(("reason", &OFFLINE_DROP_REASONS)),
     },
+    Metric {
+        name: "roomcast_history_recoveries_total",
+        kind: Kind::Counter,
+        help: "Joins of history rooms with `since`, by result (recovered: every missed message replayed).",
+        label: Some(("result", &RECOVERY_RESULTS)),
+    },
+    Metric {
+        name: "roomcast_history_filled_total",
+        kind: Kind::Counter,
+        help: "History-room messages an instance read from the store to fill a gap in what it received.",
+        label: None,
+    },
+    Metric {
+        name: "roomcast_history_gaps_total",
+        kind: Kind::Counter,
+        help: "Gaps an instance could not fill: its members of the room were sent a `gap` event.",
+        label: None,
+    },
 ];
 
 /// Describes every metric and registers each known series at 0.
@@ -253,7 +276,7 @@ struct Hot {
     room_events: Counter,
     room_encodes: Counter,
     encodes: [Counter; 2],
-    ops: [Counter; 6],
+    ops: [Counter; 7],
 }
 
 static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
@@ -315,6 +338,22 @@ pub fn offline_delivered(n: usize) {
 /// Counts a dropped queued message; `reason` is one of [`OFFLINE_DROP_REASONS`].
 pub fn offline_dropped(reason: &'static str) {
     counter!("roomcast_offline_dropped_total", "reason" => reason).increment(1);
+}
+
+/// A join with `since` finished (`None`: it had no `since`).
+pub fn history_recovery(recovered: Option<bool>) {
+    if let Some(ok) = recovered {
+        let result = RECOVERY_RESULTS[usize::from(!ok)];
+        counter!("roomcast_history_recoveries_total", "result" => result).increment(1);
+    }
+}
+
+pub fn history_filled(n: usize) {
+    counter!("roomcast_history_filled_total").increment(n as u64);
+}
+
+pub fn history_gap() {
+    counter!("roomcast_history_gaps_total").increment(1);
 }
 
 pub fn rooms(n: usize) {

@@ -83,6 +83,7 @@ impl Node {
         metrics: Option<PrometheusHandle>,
     ) -> Self {
         let mid_prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        hub.ordered.configure(&config.history);
         let slots = Arc::new(Slots::new(
             config.limits.max_connections,
             config.limits.max_conns_per_user,
@@ -221,6 +222,9 @@ impl Node {
             }
         }
         if last_local {
+            if !self.config.history.rules.is_empty() {
+                self.hub.ordered.forget(&self.registry, room);
+            }
             if let Err(e) = self.bus.room_interest(room, false).await {
                 tracing::warn!(error = %e, "cannot drop room routing");
             }
@@ -246,7 +250,12 @@ impl Node {
             data,
             ts: now_ms(),
             mid: self.next_mid(),
+            offset: None,
+            epoch: None,
         };
+        if let Some(rule) = self.config.history.rule(room) {
+            return self.publish_history(room, &rule.clone(), msg).await;
+        }
         self.publish_event(room, RoomEvent::Message(msg)).await?;
         Ok(())
     }

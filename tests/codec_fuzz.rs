@@ -98,6 +98,7 @@ fn arb_frame() -> impl Strategy<Value = ClientFrame> {
             room,
             to,
             data,
+            ..ClientFrame::default()
         })
 }
 
@@ -338,6 +339,8 @@ fn deepest_events_decode_on_a_worker_stack() {
             data: std::borrow::Cow::Owned(Data::from(data)),
             ts: 1,
             mid: "m".into(),
+            offset: None,
+            epoch: None,
         };
         for codec in Codec::ALL {
             let bytes = codec.encode(&ev).expect("encodes");

@@ -18,6 +18,8 @@
 //! | `P:offline-seq:{<user>}` | string | last sequence number of the user's queue |
 //! | `P:reap-lock:<id>` | string, PX | which survivor is reaping the dead instance `<id>` |
 //! | `P:reaped:<id>` | string, PX 1 day | the instance was reaped (its users announced as gone) |
+//! | `P:history:<room>` | hash, PX meta TTL | a history room's last offset `o` and epoch `e` |
+//! | `P:history-stream:<room>` | stream, PX TTL | a history room's last messages, ids `<offset>-1`, fields `t` (ms), `d` (payload) |
 //!
 //! Channels: `P:room:<room>` (room events), `P:instance:<id>` (direct
 //! messages for users on that instance) and `P:global`.
@@ -95,6 +97,16 @@ impl Keys {
 
     pub fn reaped(&self, id: &str) -> String {
         format!("{}:reaped:{id}", self.prefix)
+    }
+
+    /// A history room's position: hash with `o` (last offset) and `e` (epoch).
+    pub fn history_meta(&self, room: &str) -> String {
+        format!("{}:history:{room}", self.prefix)
+    }
+
+    /// A history room's messages: a stream whose entry ids are `<offset>-1`.
+    pub fn history_stream(&self, room: &str) -> String {
+        format!("{}:history-stream:{room}", self.prefix)
     }
 
     pub fn room_channel(&self, room: &str) -> String {

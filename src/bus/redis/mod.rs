@@ -11,6 +11,7 @@
 //!   holds direct messages while Redis is unreachable.
 //! - [`heartbeat`]: the instance's TTL key and registry entry.
 //! - [`reaper`]: cleaning up after dead instances, and deregistration.
+//! - [`history`]: room history streams, offsets and epochs, gap fills.
 //! - [`sync`]: the supervisor: readiness, reconnects and the resync that
 //!   re-asserts everything this instance holds.
 //!
@@ -28,6 +29,7 @@
 
 mod converge;
 mod heartbeat;
+mod history;
 pub mod keys;
 mod offline;
 mod presence;
@@ -54,8 +56,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BusError, DirectMessage, PresenceChange, RoomEvent, SendOutcome};
+use super::{BusError, DirectMessage, PresenceChange, RoomEvent, RoomMessage, SendOutcome};
 use crate::config::{OfflineConfig, RedisConfig};
+use crate::history::order::Fill;
+use crate::history::{HistoryRead, HistoryRule, Query};
 use crate::hub::Hub;
 use crate::offline::Queued;
 use converge::Converger;
@@ -318,6 +322,30 @@ impl RedisBus {
         Ok(self.shared.presence_sync(room, user).await.into())
     }
 
+    pub async fn history_publish(
+        &self,
+        room: &Arc<str>,
+        rule: &HistoryRule,
+        keep: Duration,
+        msg: RoomMessage,
+    ) -> Result<(), BusError> {
+        self.shared.history_publish(room, rule, keep, msg).await
+    }
+
+    pub async fn history_read(
+        &self,
+        room: &Arc<str>,
+        rule: &HistoryRule,
+        keep: Duration,
+        query: Query,
+    ) -> Result<HistoryRead, BusError> {
+        self.shared.history_read(room, rule, keep, query).await
+    }
+
+    pub fn history_fill(&self, fill: Fill) {
+        self.shared.spawn_fill(fill);
+    }
+
     pub async fn presence(&self, room: &Arc<str>) -> Result<Vec<String>, BusError> {
         Ok(self.shared.presence_list(room).await)
     }
@@ -441,7 +469,7 @@ pub mod metric {
     use crate::metrics::{Kind, Metric};
 
     /// Every `op` of `roomcast_redis_errors_total`.
-    pub const ERROR_OPS: [&str; 11] = [
+    pub const ERROR_OPS: [&str; 12] = [
         "publish",
         "subscribe",
         "presence",
@@ -453,10 +481,11 @@ pub mod metric {
         "heartbeat",
         "reaper",
         "resync",
+        "history",
     ];
 
     /// Every `op` of `roomcast_redis_skipped_total`.
-    pub const SKIPPED_OPS: [&str; 7] = [
+    pub const SKIPPED_OPS: [&str; 8] = [
         "publish",
         "subscribe",
         "presence",
@@ -464,6 +493,7 @@ pub mod metric {
         "route_drop",
         "send",
         "offline_ack",
+        "history",
     ];
 
     /// Every metric of cluster mode.

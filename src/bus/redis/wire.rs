@@ -7,6 +7,8 @@
 //!   `{"origin":..,"type":"joined","user":"bob","count":3}`, and `left` alike.
 //!   `origin` comes first so an instance skips its own messages with a
 //!   prefix test instead of a parse.
+//! - History rooms: the publish script inserts `"offset":N,"epoch":"E",`
+//!   right after the origin, so every copy (channel and stream) has them.
 //! - Instance channel `P:instance:<id>`:
 //!   `{"origin":..,"type":"direct","user":"<tenant>/<user>","msg":{"from":..,"data":..,"ts":..,"mid":..}}`.
 //! - Global channel `P:global`: `{"origin":..,"type":"instance_gone","instance":".."}`.
@@ -55,6 +57,9 @@ struct RoomIn {
     mid: Option<String>,
     user: Option<String>,
     count: Option<u64>,
+    /// History rooms: set by the publish script.
+    offset: Option<u64>,
+    epoch: Option<String>,
 }
 
 /// The prefix every room message published by `origin` starts with.
@@ -104,6 +109,8 @@ pub fn decode_room(payload: &[u8]) -> Result<RoomEvent, String> {
             mid: r
                 .mid
                 .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+            offset: r.offset,
+            epoch: r.epoch.map(Into::into),
         })),
         "joined" => Ok(RoomEvent::Joined {
             user: r.user.ok_or("joined without user")?,
@@ -178,6 +185,8 @@ mod tests {
             data: json!({"hp": 3}).into(),
             ts: 5,
             mid: "m-1".into(),
+            offset: None,
+            epoch: None,
         });
         let s = encode_room("i-1", &ev).expect("encode");
         assert!(s.starts_with(&origin_prefix("i-1")));
