@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -90,6 +90,7 @@ pub struct Ordered {
     rooms: DashMap<Arc<str>, Arc<Mutex<RoomOrder>>>,
     fill_max: AtomicUsize,
     keep_ms: AtomicU64,
+    config: OnceLock<HistoryConfig>,
 }
 
 fn lock(m: &Mutex<RoomOrder>) -> std::sync::MutexGuard<'_, RoomOrder> {
@@ -102,6 +103,7 @@ impl Ordered {
         self.fill_max.store(cfg.fill_max.max(1), Ordering::Relaxed);
         self.keep_ms
             .store(cfg.meta_ttl.as_millis() as u64, Ordering::Relaxed);
+        let _ = self.config.set(cfg.clone());
     }
 
     fn keep(&self) -> Duration {
@@ -131,7 +133,10 @@ impl Ordered {
     /// when it is the next one, kept when it came early (the returned
     /// fill reads what is missing), dropped when it was delivered already.
     pub fn offer(&self, registry: &Registry, room: &str, msg: RoomMessage) -> Option<Fill> {
-        let state = self.room(room)?;
+        let state = match self.room(room) {
+            Some(state) => state,
+            None => self.adopt(registry, room, &msg)?,
+        };
         let mut st = lock(&state);
         let (Some(off), Some(epoch)) = (msg.offset, msg.epoch.clone()) else {
             return None;
@@ -148,13 +153,13 @@ impl Ordered {
             metrics::history_gap();
             st.epoch = Some(epoch.clone());
             st.pending.clear();
-            st.last = Some(off - 1);
-            send_gap(registry, room, &st, &epoch, off - 1);
+            st.last = Some(off.saturating_sub(1));
+            send_gap(registry, room, &st, &epoch, off.saturating_sub(1));
         } else if off <= last {
             return None;
         }
         let last = st.last.unwrap_or(0);
-        if off == last + 1 {
+        if off == last.saturating_add(1) {
             deliver(registry, room, &mut st, msg, self.fill_max());
             drain(registry, room, &mut st, self.fill_max());
             return None;
@@ -174,6 +179,38 @@ impl Ordered {
             after: last,
             keep: self.keep(),
         })
+    }
+
+    /// A history room whose local members joined without
+    /// [`Ordered::begin_join`] (another path into the registry): its
+    /// position starts at this message.
+    fn adopt(
+        &self,
+        registry: &Registry,
+        room: &str,
+        msg: &RoomMessage,
+    ) -> Option<Arc<Mutex<RoomOrder>>> {
+        if !registry.has_room(room) {
+            return None;
+        }
+        let rule = self.config.get()?.rule(room)?.clone();
+        let state = self
+            .rooms
+            .entry(Arc::from(room))
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(RoomOrder {
+                    rule,
+                    epoch: msg.epoch.clone(),
+                    last: msg.offset.map(|o| o.saturating_sub(1)),
+                    pending: BTreeMap::new(),
+                    filling: false,
+                    recovering: Vec::new(),
+                    held: Vec::new(),
+                    held_overflow: false,
+                }))
+            })
+            .clone();
+        Some(state)
     }
 
     /// Asks for a fill of everything after the local position (after the
@@ -213,7 +250,7 @@ impl Ordered {
             Some(read) if st.epoch.as_ref() == Some(&read.epoch) => {
                 let mut delivered = 0;
                 for m in read.messages {
-                    if m.offset == Some(st.last.unwrap_or(0) + 1) {
+                    if m.offset == Some(st.last.unwrap_or(0).saturating_add(1)) {
                         deliver(registry, room, &mut st, m, fill_max);
                         delivered += 1;
                     }
@@ -342,7 +379,7 @@ impl Ordered {
                 let mut cursor = progress.cursor.unwrap_or(s.offset);
                 let mut frames = Vec::new();
                 for m in read.messages.iter().chain(st.held.iter()) {
-                    if m.offset == Some(cursor + 1) && cursor < last {
+                    if m.offset == Some(cursor.saturating_add(1)) && cursor < last {
                         if let Some(f) = fanout::encode(conn.codec, &m.to_server_event(name)) {
                             frames.push(f);
                         }
@@ -430,7 +467,7 @@ fn drain(registry: &Registry, room: &str, st: &mut RoomOrder, fill_max: usize) {
         let last = st.last.unwrap_or(0);
         if *entry.key() <= last {
             entry.remove();
-        } else if *entry.key() == last + 1 {
+        } else if *entry.key() == last.saturating_add(1) {
             let msg = entry.remove();
             deliver(registry, room, st, msg, fill_max);
         } else {
