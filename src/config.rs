@@ -27,6 +27,7 @@ pub mod redis_defaults {
     /// two-instance bench (16,000 messages/s on two shared cores) lost
     /// messages at 256 and none at 1,024.
     pub const SUBSCRIBER_BUFFER: usize = 8_192;
+    pub const ROUTE_CACHE: usize = 100_000;
     pub const RECONNECT_MIN_MS: u64 = 100;
     pub const RECONNECT_MAX_MS: u64 = 5_000;
     pub const STARTUP_WAIT_MS: u64 = 10_000;
@@ -277,6 +278,10 @@ pub struct ServeArgs {
         default_value_t = redis_defaults::SUBSCRIBER_BUFFER
     )]
     pub redis_subscriber_buffer: usize,
+    /// Cluster: users whose instances a sender remembers, so a direct message
+    /// to them is a plain PUBLISH instead of a script run (0 turns it off).
+    #[arg(long, env = "ROOMCAST_REDIS_ROUTE_CACHE", default_value_t = redis_defaults::ROUTE_CACHE)]
+    pub redis_route_cache: usize,
     /// Cluster: first reconnect delay (doubling, retried forever).
     #[arg(long, env = "ROOMCAST_REDIS_RECONNECT_MIN_MS", default_value_t = redis_defaults::RECONNECT_MIN_MS)]
     pub redis_reconnect_min_ms: u64,
@@ -474,6 +479,7 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     pub outbox_max: usize,
     pub subscriber_buffer: usize,
+    pub route_cache: usize,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub startup_wait: Duration,
@@ -623,6 +629,7 @@ impl TryFrom<ServeArgs> for Config {
                 command_timeout: Duration::from_millis(a.redis_command_timeout_ms),
                 outbox_max: a.redis_outbox_max,
                 subscriber_buffer: a.redis_subscriber_buffer,
+                route_cache: a.redis_route_cache,
                 reconnect_min: Duration::from_millis(a.redis_reconnect_min_ms),
                 reconnect_max: Duration::from_millis(a.redis_reconnect_max_ms),
                 startup_wait: Duration::from_millis(a.redis_startup_wait_ms),

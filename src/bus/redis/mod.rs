@@ -56,7 +56,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BusError, DirectMessage, PresenceChange, RoomEvent, RoomMessage, SendOutcome};
+use super::{
+    Audience, BusError, DirectMessage, PresenceChange, RoomEvent, RoomMessage, SendOutcome,
+};
 use crate::config::{OfflineConfig, RedisConfig};
 use crate::history::order::Fill;
 use crate::history::{HistoryRead, HistoryRule, Query};
@@ -65,7 +67,7 @@ use crate::offline::Queued;
 use converge::Converger;
 use keys::Keys;
 use offline::HeldDirects;
-use routes::Epochs;
+use routes::{Epochs, RouteCache};
 use scripts::Scripts;
 
 /// Timings and sizes of cluster mode. Defaults follow the spec (heartbeat
@@ -91,6 +93,9 @@ pub struct RedisTuning {
     /// Capacity of fred's pub/sub broadcast channel (messages in flight
     /// between the socket reader and the receive loop).
     pub subscriber_buffer: usize,
+    /// Users whose routes a sender keeps (0: every direct message runs
+    /// the send script).
+    pub route_cache: usize,
     /// How long `serve` waits for the first sync before listening anyway
     /// (not ready).
     pub startup_wait: Duration,
@@ -107,6 +112,7 @@ impl From<&RedisConfig> for RedisTuning {
             reconnect_max: c.reconnect_max,
             outbox_capacity: c.outbox_max,
             subscriber_buffer: c.subscriber_buffer,
+            route_cache: c.route_cache,
             startup_wait: c.startup_wait,
             ..RedisTuning::default()
         }
@@ -127,6 +133,7 @@ impl Default for RedisTuning {
             reconnect_max: Duration::from_millis(d::RECONNECT_MAX_MS),
             outbox_capacity: d::OUTBOX_MAX,
             subscriber_buffer: d::SUBSCRIBER_BUFFER,
+            route_cache: d::ROUTE_CACHE,
             startup_wait: Duration::from_millis(d::STARTUP_WAIT_MS),
         }
     }
@@ -174,6 +181,7 @@ pub(crate) struct Shared {
     /// This instance's presence records, converging on the registry.
     presence: Converger<(Arc<str>, Arc<str>)>,
     epochs: Epochs,
+    route_cache: RouteCache,
     outbox: HeldDirects,
     /// Prefix of room payloads this instance published.
     own_prefix: String,
@@ -253,6 +261,7 @@ impl RedisBus {
             own_prefix: wire::origin_prefix(instance_id),
             keys,
             outbox: HeldDirects::new(tuning.outbox_capacity),
+            route_cache: RouteCache::new(tuning.route_cache),
             tuning,
             offline_cfg,
             hub,
@@ -363,6 +372,14 @@ impl RedisBus {
         self.shared.attach(user).await
     }
 
+    pub async fn broadcast(
+        &self,
+        audience: &Audience,
+        msg: &DirectMessage,
+    ) -> Result<(), BusError> {
+        self.shared.broadcast(audience, msg).await
+    }
+
     pub async fn detach(&self, user: &Arc<str>) {
         self.shared.drop_route_if_last(user).await;
     }
@@ -457,6 +474,30 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Publishes a broadcast on the global channel, which every instance
+    /// subscribes. Like room messages it is at-most-once; unlike them the
+    /// caller (an operator or the game's backend) is told when Redis could
+    /// not take it.
+    async fn broadcast(&self, audience: &Audience, msg: &DirectMessage) -> Result<(), BusError> {
+        if !self.up() {
+            metric::skipped("broadcast");
+            return Err(BusError::Unavailable(
+                "redis unreachable: delivered on this instance only".into(),
+            ));
+        }
+        let payload = wire::encode_broadcast(self.id(), audience, msg).map_err(unavailable)?;
+        self.client
+            .publish::<i64, _, _>(self.keys.global_channel(), payload)
+            .await
+            .map_err(|e| {
+                metric::error("broadcast");
+                unavailable(e)
+            })?;
+        Ok(())
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(e.to_string())
 }
@@ -469,8 +510,9 @@ pub mod metric {
     use crate::metrics::{Kind, Metric};
 
     /// Every `op` of `roomcast_redis_errors_total`.
-    pub const ERROR_OPS: [&str; 12] = [
+    pub const ERROR_OPS: [&str; 13] = [
         "publish",
+        "broadcast",
         "subscribe",
         "presence",
         "presence_list",
@@ -485,8 +527,9 @@ pub mod metric {
     ];
 
     /// Every `op` of `roomcast_redis_skipped_total`.
-    pub const SKIPPED_OPS: [&str; 8] = [
+    pub const SKIPPED_OPS: [&str; 9] = [
         "publish",
+        "broadcast",
         "subscribe",
         "presence",
         "attach",
@@ -497,7 +540,7 @@ pub mod metric {
     ];
 
     /// Every metric of cluster mode.
-    pub const METRICS: [Metric; 9] = [
+    pub const METRICS: [Metric; 10] = [
         Metric {
             name: "roomcast_redis_ready",
             kind: Kind::Gauge,
@@ -547,6 +590,12 @@ pub mod metric {
             label: None,
         },
         Metric {
+            name: "roomcast_redis_route_cache_total",
+            kind: Kind::Counter,
+            help: "Direct messages to users elsewhere by route cache result: hit (published to the cached instances), stale (one no longer listened; forgotten), miss (the send script routed it).",
+            label: Some(("result", &["hit", "stale", "miss"])),
+        },
+        Metric {
             name: "roomcast_redis_reaped_instances_total",
             kind: Kind::Counter,
             help: "Dead instances this instance cleaned up after.",
@@ -569,6 +618,9 @@ pub mod metric {
     }
     pub fn skipped(op: &'static str) {
         counter!("roomcast_redis_skipped_total", "op" => op).increment(1);
+    }
+    pub fn route_cache(result: &'static str) {
+        counter!("roomcast_redis_route_cache_total", "result" => result).increment(1);
     }
     pub fn bad_message() {
         counter!("roomcast_redis_bad_messages_total").increment(1);

@@ -44,7 +44,7 @@ pub async fn receive_loop(shared: Arc<Shared>, mut rx: Receiver<Message>) {
                 } else if channel == own_channel {
                     shared.on_instance_message(payload);
                 } else if channel == global {
-                    tracing::debug!(message = %String::from_utf8_lossy(payload), "global channel");
+                    shared.on_global_message(payload);
                 }
             }
             Err(RecvError::Lagged(n)) => {
@@ -74,13 +74,46 @@ impl Shared {
         }
     }
 
+    fn on_global_message(&self, payload: &[u8]) {
+        if payload.starts_with(self.own_prefix.as_bytes()) {
+            // Delivered locally when it was sent.
+            return;
+        }
+        match serde_json::from_slice::<wire::GlobalIn>(payload) {
+            Ok(wire::GlobalIn {
+                kind,
+                user: Some(user),
+                ..
+            }) if kind == "route_added" => self.route_cache.forget(&user),
+            Ok(msg) => match msg.into_broadcast() {
+                Some((audience, msg)) => {
+                    self.hub.deliver_broadcast(&audience, &msg);
+                }
+                None => {
+                    tracing::debug!(message = %String::from_utf8_lossy(payload), "global channel")
+                }
+            },
+            Err(e) => {
+                metric::bad_message();
+                tracing::debug!(error = %e, "bad global message");
+            }
+        }
+    }
+
     fn on_instance_message(self: &Arc<Self>, payload: &[u8]) {
         match serde_json::from_slice::<wire::InstanceIn>(payload) {
             Ok(wire::InstanceIn {
+                origin,
                 kind,
                 user: Some(user),
+                local,
                 msg: Some(msg),
-            }) if kind == "direct" => self.deliver_remote_direct(user.into(), msg),
+            }) if kind == "direct" => self.deliver_remote_direct(user.into(), msg, origin, local),
+            Ok(wire::InstanceIn {
+                kind,
+                user: Some(user),
+                ..
+            }) if kind == "route_stale" => self.route_cache.forget(&user),
             Ok(other) => tracing::debug!(kind = %other.kind, "ignored instance message"),
             Err(e) => {
                 metric::bad_message();

@@ -10,8 +10,13 @@
 //! - History rooms: the publish script inserts `"offset":N,"epoch":"E",`
 //!   right after the origin, so every copy (channel and stream) has them.
 //! - Instance channel `P:instance:<id>`:
-//!   `{"origin":..,"type":"direct","user":"<tenant>/<user>","msg":{"from":..,"data":..,"ts":..,"mid":..}}`.
-//! - Global channel `P:global`: `{"origin":..,"type":"instance_gone","instance":".."}`.
+//!   `{"origin":..,"type":"direct","user":"<tenant>/<user>","local":true,"msg":{"from":..,"data":..,"ts":..,"mid":..}}`
+//!   (`local`: the origin delivered it to its own connections of the user; absent when false),
+//!   `{"origin":..,"type":"route_stale","user":".."}`.
+//! - Global channel `P:global`: `{"origin":..,"type":"instance_gone","instance":".."}`,
+//!   `{"origin":..,"type":"broadcast","tenant":"t","msg":{"from":..,"data":..,"ts":..,"mid":..}}`
+//!   (`tenant` absent: every connection of every tenant),
+//!   `{"origin":..,"type":"route_added","user":".."}` (from the `ATTACH` script).
 //! - Offline queue entry: `<seq>|<ts_ms>|<msg json>`; Lua reads the two
 //!   numbers without decoding the JSON.
 //!
@@ -22,7 +27,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{DirectMessage, RoomEvent, RoomMessage};
+use crate::bus::{Audience, DirectMessage, RoomEvent, RoomMessage};
 use crate::node::now_ms;
 use crate::offline::Queued;
 use crate::protocol::Data;
@@ -130,15 +135,22 @@ struct DirectOut<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     user: &'a str,
+    /// The origin delivered it to the user's connections there itself.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    local: bool,
     msg: &'a DirectMessage,
 }
 
 /// A message on an instance channel.
 #[derive(Debug, Deserialize)]
 pub struct InstanceIn {
+    /// The sending instance (absent from other services' messages).
+    pub origin: Option<String>,
     #[serde(rename = "type")]
     pub kind: String,
     pub user: Option<String>,
+    #[serde(default)]
+    pub local: bool,
     pub msg: Option<DirectMessage>,
 }
 
@@ -146,11 +158,80 @@ pub fn encode_direct(
     origin: &str,
     user: &str,
     msg: &DirectMessage,
+    local: bool,
 ) -> Result<String, serde_json::Error> {
     serde_json::to_string(&DirectOut {
         origin,
         kind: "direct",
         user,
+        local,
+        msg,
+    })
+}
+
+#[derive(Serialize)]
+struct RouteOut<'a> {
+    origin: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    user: &'a str,
+}
+
+/// `route_added` (global channel: the user has a new route beside others)
+/// or `route_stale` (a sender's instance channel: its cached route sent a
+/// message to an instance that no longer holds the user).
+pub fn encode_route(origin: &str, kind: &'static str, user: &str) -> String {
+    serde_json::to_string(&RouteOut { origin, kind, user }).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct BroadcastOut<'a> {
+    origin: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
+    msg: &'a DirectMessage,
+}
+
+/// A message on the global channel.
+#[derive(Debug, Deserialize)]
+pub struct GlobalIn {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A broadcast's tenant; absent for every tenant.
+    pub tenant: Option<String>,
+    pub msg: Option<DirectMessage>,
+    /// The user of a `route_added`.
+    pub user: Option<String>,
+}
+
+impl GlobalIn {
+    /// A broadcast's audience and message, if this is one.
+    pub fn into_broadcast(self) -> Option<(Audience, DirectMessage)> {
+        if self.kind != "broadcast" {
+            return None;
+        }
+        let audience = match self.tenant {
+            None => Audience::All,
+            Some(t) => Audience::Tenant(t.into()),
+        };
+        Some((audience, self.msg?))
+    }
+}
+
+pub fn encode_broadcast(
+    origin: &str,
+    audience: &Audience,
+    msg: &DirectMessage,
+) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&BroadcastOut {
+        origin,
+        kind: "broadcast",
+        tenant: match audience {
+            Audience::All => None,
+            Audience::Tenant(t) => Some(t),
+        },
         msg,
     })
 }
@@ -197,6 +278,24 @@ mod tests {
         };
         let s = encode_room("i-1", &left).expect("encode");
         assert_eq!(decode_room(s.as_bytes()).expect("decode"), left);
+    }
+
+    #[test]
+    fn broadcasts_round_trip_with_their_audience() {
+        let msg = DirectMessage {
+            from: "$admin".into(),
+            data: json!({"text": "restart"}).into(),
+            ts: 7,
+            mid: "m-2".into(),
+        };
+        for audience in [Audience::All, Audience::Tenant("acme".into())] {
+            let s = encode_broadcast("i-1", &audience, &msg).expect("encode");
+            assert!(s.starts_with(&origin_prefix("i-1")));
+            let back: GlobalIn = serde_json::from_str(&s).expect("decode");
+            assert_eq!(back.into_broadcast(), Some((audience, msg.clone())));
+        }
+        let gone: GlobalIn = serde_json::from_str(&encode_gone("i-1", "i-2")).expect("decode");
+        assert_eq!(gone.into_broadcast(), None);
     }
 
     #[test]
