@@ -508,3 +508,238 @@ fn send_gap(registry: &Registry, room: &str, st: &RoomOrder, epoch: &str, offset
     let sent = frames.send_to(members.iter().filter(|c| !recovering.contains(&c.id)));
     metrics::delivered(sent);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::config::SlowConsumerPolicy;
+    use crate::protocol::{Codec, Data};
+    use crate::registry::scoped;
+    use serde_json::Value;
+
+    fn conn(id: ConnId, user: &str) -> Arc<ConnHandle> {
+        ConnHandle::new(id, user.into(), Codec::Json, 64, SlowConsumerPolicy::Drop)
+    }
+
+    fn msg(offset: u64, epoch: &str) -> RoomMessage {
+        RoomMessage {
+            from: "p".into(),
+            data: Data::null(),
+            ts: 1,
+            mid: format!("m{offset}"),
+            offset: Some(offset),
+            epoch: Some(epoch.into()),
+        }
+    }
+
+    /// The events queued to a connection, as JSON values.
+    fn events(c: &ConnHandle) -> Vec<Value> {
+        let mut items = VecDeque::new();
+        c.outbox.take_all(&mut items);
+        let mut frames = Vec::new();
+        for item in items {
+            match item {
+                Outbound::Frame(f) => frames.push(f),
+                Outbound::Queued { frames: fs, .. } => frames.extend(fs),
+                _ => {}
+            }
+        }
+        frames
+            .iter()
+            .map(|f| {
+                let skip = if f[1] & 0x7f == 126 { 4 } else { 2 };
+                serde_json::from_slice(&f[skip..]).expect("json frame")
+            })
+            .collect()
+    }
+
+    fn offsets(evs: &[Value]) -> Vec<u64> {
+        evs.iter().filter_map(|e| e["offset"].as_u64()).collect()
+    }
+
+    struct Room {
+        reg: Registry,
+        ord: Ordered,
+        name: Arc<str>,
+        rule: Arc<HistoryRule>,
+    }
+
+    fn room() -> Room {
+        Room {
+            reg: Registry::new(),
+            ord: Ordered::default(),
+            name: scoped("", "game:1"),
+            rule: Arc::new(HistoryRule::parse("game:*=100/1h").expect("rule")),
+        }
+    }
+
+    impl Room {
+        fn read(&self, top: u64, from: u64) -> HistoryRead {
+            HistoryRead {
+                epoch: "e1".into(),
+                top,
+                messages: (from..=top).map(|o| msg(o, "e1")).collect(),
+            }
+        }
+
+        /// Joins `c` with the store at `top` holding `from..=top`.
+        fn join(&self, c: &Arc<ConnHandle>, since: Option<Since>, top: u64, from: u64) -> JoinStep {
+            self.reg.add_conn(c);
+            self.ord.begin_join(&self.name, c.id, &self.rule);
+            self.reg.join(c, &self.name, 10).expect("join");
+            let mut progress = JoinProgress {
+                read_after: since.as_ref().map_or(0, |s| s.offset),
+                ..JoinProgress::default()
+            };
+            let id = ReqId::Num(1);
+            self.ord.finish_join(
+                &self.reg,
+                &self.name,
+                c,
+                since.as_ref(),
+                self.read(top, from),
+                &mut progress,
+                Some(&id),
+            )
+        }
+    }
+
+    #[test]
+    fn early_messages_wait_for_the_missing_one() {
+        let r = room();
+        let a = conn(1, "/a");
+        r.join(&a, None, 5, 6);
+        assert_eq!(events(&a)[0]["offset"], 5, "ack at the position");
+        let fill = r.ord.offer(&r.reg, &r.name, msg(7, "e1")).expect("a fill");
+        assert_eq!(fill.after, 5);
+        assert!(
+            r.ord.offer(&r.reg, &r.name, msg(8, "e1")).is_none(),
+            "one fill at a time"
+        );
+        assert!(events(&a).is_empty(), "7 and 8 wait for 6");
+        assert!(r.ord.offer(&r.reg, &r.name, msg(6, "e1")).is_none());
+        assert_eq!(offsets(&events(&a)), vec![6, 7, 8]);
+        // The fill finds nothing newer: nothing more, no gap.
+        assert!(
+            r.ord
+                .fill_done(&r.reg, &r.name, Some(r.read(8, 6)))
+                .is_none()
+        );
+        assert!(r.ord.offer(&r.reg, &r.name, msg(8, "e1")).is_none());
+        assert!(events(&a).is_empty(), "duplicates are dropped");
+    }
+
+    #[test]
+    fn fills_deliver_in_order_or_announce_the_gap() {
+        let r = room();
+        let a = conn(1, "/a");
+        r.join(&a, None, 5, 6);
+        events(&a);
+        r.ord.offer(&r.reg, &r.name, msg(8, "e1")).expect("fill");
+        r.ord.fill_done(&r.reg, &r.name, Some(r.read(8, 6)));
+        assert_eq!(offsets(&events(&a)), vec![6, 7, 8]);
+        // The store lost 9 (trimmed): a gap, then delivery goes on.
+        r.ord.offer(&r.reg, &r.name, msg(11, "e1")).expect("fill");
+        r.ord.fill_done(&r.reg, &r.name, Some(r.read(11, 10)));
+        let evs = events(&a);
+        assert_eq!(evs[0]["ev"], "gap");
+        assert_eq!(evs[0]["offset"], 11);
+        assert_eq!(evs.len(), 1, "11 is covered by the gap: {evs:?}");
+        assert!(r.ord.offer(&r.reg, &r.name, msg(12, "e1")).is_none());
+        assert_eq!(offsets(&events(&a)), vec![12]);
+        // An unreadable store: a gap too.
+        r.ord.offer(&r.reg, &r.name, msg(14, "e1")).expect("fill");
+        r.ord.fill_done(&r.reg, &r.name, None);
+        assert_eq!(events(&a)[0]["ev"], "gap");
+        // A new epoch: a gap with it, then its messages.
+        r.ord.offer(&r.reg, &r.name, msg(1, "e2"));
+        let evs = events(&a);
+        assert_eq!(
+            (evs[0]["ev"].as_str(), evs[0]["epoch"].as_str()),
+            (Some("gap"), Some("e2"))
+        );
+        assert_eq!(offsets(&evs[1..]), vec![1]);
+    }
+
+    #[test]
+    fn a_joiner_gets_the_store_then_what_arrived_meanwhile_then_the_ack() {
+        let r = room();
+        let a = conn(1, "/a");
+        r.join(&a, None, 5, 6);
+        events(&a);
+        let b = conn(2, "/b");
+        r.reg.add_conn(&b);
+        r.ord.begin_join(&r.name, b.id, &r.rule);
+        r.reg.join(&b, &r.name, 10).expect("join");
+        // 6 arrives while b reads the store (which answered up to 5).
+        r.ord.offer(&r.reg, &r.name, msg(6, "e1"));
+        assert_eq!(offsets(&events(&a)), vec![6]);
+        assert!(events(&b).is_empty(), "b is recovering");
+        let since = Since {
+            offset: 2,
+            epoch: "e1".into(),
+        };
+        let mut progress = JoinProgress {
+            read_after: 2,
+            ..JoinProgress::default()
+        };
+        let id = ReqId::Num(9);
+        let step = r.ord.finish_join(
+            &r.reg,
+            &r.name,
+            &b,
+            Some(&since),
+            r.read(5, 3),
+            &mut progress,
+            Some(&id),
+        );
+        assert!(
+            matches!(
+                step,
+                JoinStep::Done {
+                    recovered: Some(true),
+                    ..
+                }
+            ),
+            "{step:?}"
+        );
+        let evs = events(&b);
+        assert_eq!(offsets(&evs[..4]), vec![3, 4, 5, 6]);
+        assert_eq!(evs[4]["ev"], "ack");
+        assert_eq!(
+            (evs[4]["offset"].as_u64(), evs[4]["recovered"].as_bool()),
+            (Some(6), Some(true))
+        );
+        r.ord.offer(&r.reg, &r.name, msg(7, "e1"));
+        assert_eq!(offsets(&events(&b)), vec![7]);
+        // Beyond what the store holds: not recovered, nothing replayed.
+        let c = conn(3, "/c");
+        let step = r.join(
+            &c,
+            Some(Since {
+                offset: 1,
+                epoch: "e1".into(),
+            }),
+            7,
+            4,
+        );
+        assert!(
+            matches!(
+                step,
+                JoinStep::Done {
+                    recovered: Some(false),
+                    ..
+                }
+            ),
+            "{step:?}"
+        );
+        let evs = events(&c);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(
+            (evs[0]["ev"].as_str(), evs[0]["offset"].as_u64()),
+            (Some("ack"), Some(7))
+        );
+    }
+}
