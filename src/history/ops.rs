@@ -93,10 +93,15 @@ impl Node {
             return Ok(());
         }
         self.hub.ordered.begin_join(room, conn.id, rule);
-        if let Err(e) = self.join(conn, room).await {
-            self.hub.ordered.abort_join(&self.registry, room, conn.id);
-            return Err(e);
-        }
+        // Ends the recovery however this future ends (an error, or the
+        // connection closing while it waits on the store).
+        let mut recovering = Recovering {
+            node: self,
+            room,
+            conn: conn.id,
+            done: false,
+        };
+        self.join(conn, room).await?;
         let mut progress = JoinProgress::default();
         let mut query = match &since {
             Some(s) => {
@@ -110,7 +115,7 @@ impl Node {
             let read = match self.bus.history_read(room, rule, keep, query).await {
                 Ok(read) => read,
                 Err(e) => {
-                    self.hub.ordered.abort_join(&self.registry, room, conn.id);
+                    recovering.end();
                     if let Err(left) = self.leave(conn, room).await {
                         tracing::debug!(code = left.code.as_str(), "undoing a join: {}", left.text);
                     }
@@ -128,6 +133,7 @@ impl Node {
             );
             match step {
                 JoinStep::Done { fill, .. } => {
+                    recovering.done = true;
                     if let Some(fill) = fill {
                         self.bus.history_fill(fill);
                     }
@@ -139,6 +145,7 @@ impl Node {
                 }
             }
         }
+        recovering.end();
         Ok(())
     }
 
@@ -181,6 +188,32 @@ impl Node {
             read,
             complete,
         })
+    }
+}
+
+/// A join's recovery in flight: aborted when dropped before it finished.
+struct Recovering<'a> {
+    node: &'a Node,
+    room: &'a Arc<str>,
+    conn: crate::conn::handle::ConnId,
+    done: bool,
+}
+
+impl Recovering<'_> {
+    fn end(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.node
+                .hub
+                .ordered
+                .abort_join(&self.node.registry, self.room, self.conn);
+        }
+    }
+}
+
+impl Drop for Recovering<'_> {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
