@@ -48,6 +48,10 @@ struct RoomOrder {
     held: Vec<RoomMessage>,
     /// `held` hit `fill_max`: the joiners then in flight cannot recover.
     held_overflow: bool,
+    /// Joined connections that have seen more than this instance delivered
+    /// (they came from an instance further ahead): each gets only offsets
+    /// above its mark, until `last` passes it.
+    ahead: Vec<(ConnId, u64)>,
 }
 
 /// A gap to fill: read the room's messages after `after` and hand them to
@@ -153,6 +157,7 @@ impl Ordered {
             metrics::history_gap();
             st.epoch = Some(epoch.clone());
             st.pending.clear();
+            st.ahead.clear();
             st.last = Some(off.saturating_sub(1));
             send_gap(registry, room, &st, &epoch, off.saturating_sub(1));
         } else if off <= last {
@@ -207,6 +212,7 @@ impl Ordered {
                     recovering: Vec::new(),
                     held: Vec::new(),
                     held_overflow: false,
+                    ahead: Vec::new(),
                 }))
             })
             .clone();
@@ -278,6 +284,7 @@ impl Ordered {
                 metrics::history_gap();
                 st.epoch = Some(read.epoch.clone());
                 st.last = Some(read.top);
+                st.ahead.clear();
                 let epoch = read.epoch.clone();
                 st.pending.retain(|_, m| m.epoch.as_ref() == Some(&epoch));
                 send_gap(registry, room, &st, &epoch, read.top);
@@ -304,6 +311,7 @@ impl Ordered {
                     recovering: Vec::new(),
                     held: Vec::new(),
                     held_overflow: false,
+                    ahead: Vec::new(),
                 }))
             })
             .clone();
@@ -372,9 +380,20 @@ impl Ordered {
         let epoch = st.epoch.clone().unwrap_or_else(|| read.epoch.clone());
         let last = st.last.unwrap_or(read.top);
         let name = unscoped(room);
+        let mut position = last;
         let recovered = match since {
             None => None,
-            Some(s) if *s.epoch != *epoch || read.epoch != epoch || s.offset > last => Some(false),
+            Some(s) if *s.epoch != *epoch || read.epoch != epoch || s.offset > read.top => {
+                Some(false)
+            }
+            Some(s) if s.offset > last => {
+                // The client saw more than this instance delivered yet (it
+                // comes from an instance further ahead): nothing to replay,
+                // and live messages up to its offset are not sent to it.
+                st.ahead.push((conn.id, s.offset));
+                position = s.offset;
+                Some(true)
+            }
             Some(s) => {
                 let mut cursor = progress.cursor.unwrap_or(s.offset);
                 let mut frames = Vec::new();
@@ -407,7 +426,7 @@ impl Ordered {
         if let Some(id) = id {
             let ack = ServerEvent::Ack {
                 id: Cow::Borrowed(id),
-                offset: Some(last),
+                offset: Some(position),
                 epoch: Some(Cow::Borrowed(&epoch)),
                 recovered,
             };
@@ -421,7 +440,8 @@ impl Ordered {
             st.held_overflow = false;
         }
         drain(registry, room, &mut st, fill_max);
-        let fill = if !st.pending.is_empty() && !st.filling {
+        let behind = st.last.unwrap_or(0) < position;
+        let fill = if (behind || !st.pending.is_empty()) && !st.filling {
             st.filling = true;
             Some(Fill {
                 room: Arc::from(room),
@@ -440,17 +460,26 @@ impl Ordered {
 /// get it from `held` later) and advances the position.
 fn deliver(registry: &Registry, room: &str, st: &mut RoomOrder, msg: RoomMessage, fill_max: usize) {
     st.last = msg.offset;
+    let offset = msg.offset.unwrap_or(0);
     if let Some(members) = registry.room_members(room) {
         let event = msg.to_server_event(unscoped(room));
         let mut frames = Frames::new(&event);
-        let sent = if st.recovering.is_empty() {
+        let sent = if st.recovering.is_empty() && st.ahead.is_empty() {
             frames.send_to(members.iter())
         } else {
-            let recovering = &st.recovering;
-            frames.send_to(members.iter().filter(|c| !recovering.contains(&c.id)))
+            let (recovering, ahead) = (&st.recovering, &st.ahead);
+            frames.send_to(members.iter().filter(|c| {
+                !recovering.contains(&c.id)
+                    && !ahead
+                        .iter()
+                        .any(|(id, mark)| *id == c.id && offset <= *mark)
+            }))
         };
         metrics::room_fanout(frames.encodes());
         metrics::delivered(sent);
+    }
+    if !st.ahead.is_empty() {
+        st.ahead.retain(|(_, mark)| *mark > offset);
     }
     if !st.recovering.is_empty() {
         if st.held.len() < fill_max {
@@ -487,6 +516,7 @@ fn give_up(registry: &Registry, room: &str, st: &mut RoomOrder, top: u64) {
         .max(st.last.unwrap_or(0));
     st.pending.clear();
     st.last = Some(newest);
+    st.ahead.retain(|(_, mark)| *mark > newest);
     metrics::history_gap();
     if let Some(epoch) = st.epoch.clone() {
         send_gap(registry, room, st, &epoch, newest);
@@ -741,5 +771,40 @@ mod tests {
             (evs[0]["ev"].as_str(), evs[0]["offset"].as_u64()),
             (Some("ack"), Some(7))
         );
+    }
+    #[test]
+    fn a_joiner_ahead_of_this_instance_gets_only_newer_messages() {
+        let r = room();
+        let a = conn(1, "/a");
+        r.join(&a, None, 5, 6);
+        events(&a);
+        // b saw up to 8 on another instance; this one delivered up to 5.
+        let b = conn(2, "/b");
+        let step = r.join(
+            &b,
+            Some(Since {
+                offset: 8,
+                epoch: "e1".into(),
+            }),
+            8,
+            6,
+        );
+        let JoinStep::Done {
+            recovered: Some(true),
+            fill: Some(fill),
+        } = step
+        else {
+            panic!("{step:?}");
+        };
+        assert_eq!(fill.after, 5, "this instance catches up");
+        let evs = events(&b);
+        assert_eq!(
+            (evs.len(), evs[0]["offset"].as_u64()),
+            (1, Some(8)),
+            "{evs:?}"
+        );
+        r.ord.fill_done(&r.reg, &r.name, Some(r.read(9, 6)));
+        assert_eq!(offsets(&events(&a)), vec![6, 7, 8, 9]);
+        assert_eq!(offsets(&events(&b)), vec![9]);
     }
 }
