@@ -59,7 +59,7 @@ def data(value):
     return value
 
 
-def client(op, id=None, room=None, to=None, payload=None, cmd=None):
+def client(op, id=None, room=None, to=None, payload=None, cmd=None, since=None, limit=None):
     """A ClientFrame: fields in declaration order, absent ones left out."""
     frame = {"op": op}
     for key, value in (("id", id), ("room", room), ("to", to), ("cmd", cmd)):
@@ -67,11 +67,15 @@ def client(op, id=None, room=None, to=None, payload=None, cmd=None):
             frame[key] = value
     if payload is not None:
         frame["data"] = data(payload)
+    if since is not None:
+        frame["since"] = {"offset": since[0], "epoch": since[1]}
+    if limit is not None:
+        frame["limit"] = limit
     return frame
 
 
-def message(room, sender, payload, mid):
-    return {
+def message(room, sender, payload, mid, offset=None, epoch=None):
+    ev = {
         "ev": "message",
         "room": room,
         "from": sender,
@@ -79,6 +83,13 @@ def message(room, sender, payload, mid):
         "ts": TS,
         "mid": mid,
     }
+    if offset is not None:
+        ev["offset"] = offset
+        ev["epoch"] = epoch
+    return ev
+
+
+EPOCH = "19b1a2c3d4e5f"  # A history epoch (opaque to clients).
 
 
 def direct(sender, payload, mid, queued, ts=TS):
@@ -163,6 +174,11 @@ CLIENT = [
     ("admin_kick_user", client("admin", id=21, cmd="kick_user", payload={"user": "bob", "reason": "spam"})),
     ("admin_rooms_str_id", client("admin", id="rooms-1", cmd="rooms", payload={"cursor": "0", "limit": 100})),
     ("admin_instances_no_id", client("admin", cmd="instances")),
+    ("join_since", client("join", id=21, room="game:7", since=(41, EPOCH))),
+    ("join_since_no_id", client("join", room="game:7", since=(0, EPOCH))),
+    ("history_since", client("history", id=22, room="game:7", since=(U64_MAX, EPOCH))),
+    ("history_limit", client("history", id="h-1", room="game:7", limit=50)),
+    ("history_limit_no_id", client("history", room="game:7", limit=1)),
 ]
 
 STATS = {
@@ -232,6 +248,31 @@ SERVER = [
     ("ack_num_id", {"ev": "ack", "id": 1}),
     ("ack_str_id", {"ev": "ack", "id": "j-1"}),
     ("ack_max_num_id", {"ev": "ack", "id": U64_MAX}),
+    ("ack_history_join", {"ev": "ack", "id": 20, "offset": 0, "epoch": EPOCH}),
+    ("ack_recovered", {"ev": "ack", "id": 21, "offset": 91, "epoch": EPOCH, "recovered": True}),
+    ("ack_not_recovered", {"ev": "ack", "id": "j-3", "offset": 300, "epoch": EPOCH, "recovered": False}),
+    ("message_history", message("game:7", "alice", {"move": [3, 4]}, "3f9a1c2e-5", offset=42, epoch=EPOCH)),
+    ("message_history_max_offset", message("game:7", "bob", None, "3f9a1c2e-6", offset=U64_MAX, epoch=EPOCH)),
+    (
+        "history_event",
+        {
+            "ev": "history",
+            "id": 22,
+            "room": "game:7",
+            "messages": [
+                message("game:7", "alice", {"n": 1}, "3f9a1c2e-7", offset=42, epoch=EPOCH),
+                message("game:7", "bob", "x", "3f9a1c2e-8", offset=43, epoch=EPOCH),
+            ],
+            "offset": 43,
+            "epoch": EPOCH,
+            "complete": True,
+        },
+    ),
+    (
+        "history_event_incomplete_no_id",
+        {"ev": "history", "room": "game:7", "messages": [], "offset": 0, "epoch": EPOCH, "complete": False},
+    ),
+    ("gap", {"ev": "gap", "room": "game:7", "epoch": EPOCH, "offset": 57}),
     ("error_num_id", error("not_joined", "not in room `lobby`", id=3)),
     ("error_str_id", error("forbidden", "the token does not allow room `encounter:43`", id="j-2")),
     ("error_no_id", error("bad_frame", "expected value at line 1 column 1")),

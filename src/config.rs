@@ -327,6 +327,19 @@ pub struct ServeArgs {
         default_value_t = 86_400
     )]
     pub api_idempotency_window_s: u64,
+    /// Room history by room-name pattern: PATTERN=SIZE/TTL (e.g. `game:*=200/10m`: the last
+    /// 200 messages, each kept 10 minutes). Repeatable; comma-separated in the environment;
+    /// the first matching pattern wins. None (the default): no room keeps history.
+    #[arg(long = "history", env = "ROOMCAST_HISTORY", value_delimiter = ',')]
+    pub history: Vec<String>,
+    /// Most early messages an instance holds per history room while it fills a gap from the
+    /// history; beyond it the room's members get a `gap` event.
+    #[arg(long, env = "ROOMCAST_HISTORY_FILL_MAX", default_value_t = crate::history::defaults::FILL_MAX)]
+    pub history_fill_max: usize,
+    /// How long a history room's position (offset, epoch) outlives its last message, so
+    /// clients rejoining after a quiet spell still recover: seconds, or with s, m, h, d.
+    #[arg(long, env = "ROOMCAST_HISTORY_META_TTL", default_value = "1d", value_parser = parse_ttl)]
+    pub history_meta_ttl: Duration,
 }
 
 #[derive(Debug, Error)]
@@ -446,6 +459,7 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub admin: AdminConfig,
     pub api: ApiConfig,
+    pub history: crate::history::HistoryConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -629,6 +643,18 @@ impl TryFrom<ServeArgs> for Config {
         positive("api-max-body-bytes", a.api_max_body_bytes as u64)?;
         positive("api-max-batch", a.api_max_batch as u64)?;
         positive("api-idempotency-window-s", a.api_idempotency_window_s)?;
+        let mut history_rules = Vec::new();
+        for rule in a.history.iter().filter(|r| !r.trim().is_empty()) {
+            let rule = crate::history::HistoryRule::parse(rule).map_err(ConfigError::Invalid)?;
+            if rule.ttl > a.history_meta_ttl {
+                return Err(ConfigError::Invalid(format!(
+                    "history rule {}: TTL longer than history-meta-ttl",
+                    rule.pattern
+                )));
+            }
+            history_rules.push(std::sync::Arc::new(rule));
+        }
+        positive("history-fill-max", a.history_fill_max as u64)?;
         let log_filter = match a.log_filter.trim() {
             "" => "info".to_owned(),
             f => f.to_owned(),
@@ -702,6 +728,11 @@ impl TryFrom<ServeArgs> for Config {
                 max_body_bytes: a.api_max_body_bytes,
                 max_batch: a.api_max_batch,
                 idempotency_window: Duration::from_secs(a.api_idempotency_window_s),
+            },
+            history: crate::history::HistoryConfig {
+                rules: history_rules,
+                fill_max: a.history_fill_max,
+                meta_ttl: a.history_meta_ttl,
             },
         })
     }

@@ -24,6 +24,7 @@ use dashmap::mapref::entry::Entry;
 use crate::bus::{Audience, DirectMessage, RoomEvent};
 use crate::conn::handle::{ConnHandle, ConnId, Outbound};
 use crate::fanout::{self, Lanes};
+use crate::history::order::Ordered;
 use crate::offline::Queued;
 use crate::registry::{LeaveChange, Registry};
 
@@ -52,6 +53,8 @@ pub struct Hub {
     /// lock, then the registry's (never the reverse).
     pending: DashMap<Arc<str>, Vec<Pending>>,
     next_token: AtomicU64,
+    /// The local order of history rooms (offsets, joins, gaps).
+    pub ordered: Ordered,
 }
 
 impl Hub {
@@ -61,6 +64,7 @@ impl Hub {
             lanes: Arc::new(Lanes::default()),
             pending: DashMap::new(),
             next_token: AtomicU64::new(0),
+            ordered: Ordered::default(),
         }
     }
 

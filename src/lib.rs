@@ -12,6 +12,7 @@
 //! - [`ws`]: WebSocket framing, both directions (pure).
 //! - [`conn`]: one task per connection: the request loop, the socket (reads,
 //!   writes, close) and the handle others push to.
+//! - [`history`]: room history, offsets and epochs, recovery, gap filling.
 //! - [`hub`]: the local side: registry, local delivery, the attach gate.
 //! - [`bus`]: only what crosses instances; [`offline`] queues of standalone mode.
 //! - [`node`]: one instance's shared state and command execution.
@@ -29,6 +30,7 @@ pub mod bus;
 pub mod config;
 pub mod conn;
 pub mod fanout;
+pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod node;

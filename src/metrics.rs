@@ -89,8 +89,8 @@ impl Metric {
 }
 
 /// Client operations, in the order of [`op_received`]'s index.
-pub const OPS: [&str; 7] = [
-    "join", "leave", "publish", "send", "presence", "ping", "admin",
+pub const OPS: [&str; 8] = [
+    "join", "leave", "publish", "send", "presence", "ping", "admin", "history",
 ];
 
 /// Every `reason` of `roomcast_upgrades_rejected_total` (the admission
@@ -128,6 +128,9 @@ const ERROR_LABELS: [&str; 10] = [
 const CLOSE_LABELS: [&str; 9] = [
     "1001", "1002", "1007", "1008", "1009", "1011", "4000", "4001", "4002",
 ];
+
+/// Every `result` of `roomcast_history_recoveries_total`.
+pub const RECOVERY_RESULTS: [&str; 2] = ["recovered", "not_recovered"];
 
 /// The `codec` labels of `roomcast_encodes_total`, in [`Codec::index`] order.
 const CODEC_LABELS: [&str; 2] = ["json", "msgpack"];
@@ -248,6 +251,24 @@ pub const METRICS: [Metric; 19] = [
         help: "Server API requests answered from an idempotency record (nothing delivered again).",
         label: None,
     },
+    Metric {
+        name: "roomcast_history_recoveries_total",
+        kind: Kind::Counter,
+        help: "Joins of history rooms with `since`, by result (recovered: every missed message replayed).",
+        label: Some(("result", &RECOVERY_RESULTS)),
+    },
+    Metric {
+        name: "roomcast_history_filled_total",
+        kind: Kind::Counter,
+        help: "History-room messages an instance read from the store to fill a gap in what it received.",
+        label: None,
+    },
+    Metric {
+        name: "roomcast_history_gaps_total",
+        kind: Kind::Counter,
+        help: "Gaps an instance could not fill: its members of the room were sent a `gap` event.",
+        label: None,
+    },
 ];
 
 /// The `endpoint` labels of `roomcast_api_requests_total`.
@@ -348,6 +369,22 @@ pub fn offline_delivered(n: usize) {
 /// Counts a dropped queued message; `reason` is one of [`OFFLINE_DROP_REASONS`].
 pub fn offline_dropped(reason: &'static str) {
     counter!("roomcast_offline_dropped_total", "reason" => reason).increment(1);
+}
+
+/// A join with `since` finished (`None`: it had no `since`).
+pub fn history_recovery(recovered: Option<bool>) {
+    if let Some(ok) = recovered {
+        let result = RECOVERY_RESULTS[usize::from(!ok)];
+        counter!("roomcast_history_recoveries_total", "result" => result).increment(1);
+    }
+}
+
+pub fn history_filled(n: usize) {
+    counter!("roomcast_history_filled_total").increment(n as u64);
+}
+
+pub fn history_gap() {
+    counter!("roomcast_history_gaps_total").increment(1);
 }
 
 pub fn rooms(n: usize) {

@@ -101,6 +101,7 @@ impl Node {
         metrics: Option<PrometheusHandle>,
     ) -> Self {
         let mid_prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        hub.ordered.configure(&config.history);
         let slots = Arc::new(Slots::new(
             config.limits.max_connections,
             config.limits.max_conns_per_user,
@@ -247,6 +248,9 @@ impl Node {
             }
         }
         if last_local {
+            if !self.config.history.rules.is_empty() {
+                self.hub.ordered.forget(&self.registry, room);
+            }
             if let Err(e) = self.bus.room_interest(room, false).await {
                 tracing::warn!(error = %e, "cannot drop room routing");
             }
@@ -285,12 +289,18 @@ impl Node {
             data,
             ts: now_ms(),
             mid: self.next_mid(),
+            offset: None,
+            epoch: None,
         };
         self.admin.count_message(room);
         let stamp = Stamp {
             ts: msg.ts,
             mid: msg.mid.clone(),
         };
+        if let Some(rule) = self.config.history.rule(room) {
+            self.publish_history(room, &rule.clone(), msg).await?;
+            return Ok(stamp);
+        }
         self.publish_event(room, RoomEvent::Message(msg)).await?;
         Ok(stamp)
     }

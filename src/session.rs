@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::auth::Identity;
 use crate::config::LimitsConfig;
-use crate::protocol::message::ClientOp;
+use crate::protocol::message::{ClientOp, Since};
 use crate::protocol::{CloseCode, Data, ErrorCode};
 use crate::registry::scoped;
 
@@ -55,6 +55,7 @@ fn check_data(data: &Data) -> Result<(), Refusal> {
 pub enum Command {
     Join {
         room: Arc<str>,
+        since: Option<Since>,
     },
     Leave {
         room: Arc<str>,
@@ -79,6 +80,11 @@ pub enum Command {
     Admin {
         cmd: String,
         args: Data,
+    },
+    History {
+        room: Arc<str>,
+        since: Option<Since>,
+        limit: Option<u64>,
     },
 }
 
@@ -204,7 +210,7 @@ impl Session {
                 }
                 Command::Admin { cmd, args }
             }
-            ClientOp::Join { room } => {
+            ClientOp::Join { room, since } => {
                 let key = room_key(&room)?;
                 if !self.identity.may_join(&room) {
                     return Err(Refusal::Error(
@@ -212,7 +218,21 @@ impl Session {
                         "token does not allow this room".into(),
                     ));
                 }
-                Command::Join { room: key }
+                Command::Join { room: key, since }
+            }
+            ClientOp::History { room, since, limit } => {
+                let key = room_key(&room)?;
+                if !self.identity.may_join(&room) {
+                    return Err(Refusal::Error(
+                        ErrorCode::Forbidden,
+                        "token does not allow this room".into(),
+                    ));
+                }
+                Command::History {
+                    room: key,
+                    since,
+                    limit,
+                }
             }
             ClientOp::Leave { room } => Command::Leave {
                 room: room_key(&room)?,
@@ -404,21 +424,25 @@ mod tests {
         );
         assert_eq!(
             s.command(ClientOp::Join {
-                room: "campaign:7:map".into()
+                room: "campaign:7:map".into(),
+                since: None,
             }),
             Ok(Command::Join {
-                room: "t1/campaign:7:map".into()
+                room: "t1/campaign:7:map".into(),
+                since: None,
             })
         );
         assert!(matches!(
             s.command(ClientOp::Join {
-                room: "campaign:8:map".into()
+                room: "campaign:8:map".into(),
+                since: None,
             }),
             Err(Refusal::Error(ErrorCode::Forbidden, _))
         ));
         assert!(matches!(
             s.command(ClientOp::Join {
-                room: "bad room".into()
+                room: "bad room".into(),
+                since: None,
             }),
             Err(Refusal::Error(ErrorCode::InvalidRoom, _))
         ));

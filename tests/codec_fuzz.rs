@@ -99,6 +99,7 @@ fn arb_frame() -> impl Strategy<Value = ClientFrame> {
             to,
             cmd: None,
             data,
+            ..ClientFrame::default()
         })
 }
 
@@ -339,6 +340,8 @@ fn deepest_events_decode_on_a_worker_stack() {
             data: std::borrow::Cow::Owned(Data::from(data)),
             ts: 1,
             mid: "m".into(),
+            offset: None,
+            epoch: None,
         };
         for codec in Codec::ALL {
             let bytes = codec.encode(&ev).expect("encodes");

@@ -64,7 +64,10 @@ async fn welcome_ping_join_publish_leave() {
                 data,
                 ts,
                 mid,
+                offset,
+                epoch,
             } => {
+                assert_eq!((offset, epoch), (None, None), "no history here");
                 assert_eq!(room, "encounter:42");
                 assert_eq!(from, "bob");
                 assert_eq!(*data, json!({"hp": 7}));

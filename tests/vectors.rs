@@ -15,7 +15,7 @@ const SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/schema.json");
 
 /// Every op the server accepts.
 const OPS: [&str; 7] = [
-    "join", "leave", "publish", "send", "presence", "ping", "admin",
+    "join", "leave", "publish", "send", "presence", "ping", "admin", "history",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +106,8 @@ fn kind(ev: &ServerEvent<'_>) -> &'static str {
         ServerEvent::Batch { .. } => "batch",
         ServerEvent::Stats { .. } => "stats",
         ServerEvent::Admin { .. } => "admin",
+        ServerEvent::History { .. } => "history",
+        ServerEvent::Gap { .. } => "gap",
     }
 }
 

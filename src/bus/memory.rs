@@ -14,6 +14,12 @@ use dashmap::mapref::entry::Entry;
 
 use super::idempotency::MemoryIdempotency;
 use super::{DirectMessage, PresenceChange, SendOutcome};
+use std::time::Duration;
+
+use super::{DirectMessage, PresenceChange, RoomMessage, SendOutcome};
+use crate::history::memory::MemoryHistory;
+use crate::history::order::Fill;
+use crate::history::{HistoryRead, HistoryRule, Query};
 use crate::hub::Hub;
 use crate::offline::{MemoryOffline, Queued};
 
@@ -22,6 +28,7 @@ pub struct MemoryBus {
     offline: MemoryOffline,
     /// The server API's idempotency records.
     pub(crate) idempotency: MemoryIdempotency,
+    history: MemoryHistory,
 }
 
 impl MemoryBus {
@@ -30,6 +37,50 @@ impl MemoryBus {
             hub,
             offline,
             idempotency: MemoryIdempotency::default(),
+            history: MemoryHistory::default(),
+        }
+    }
+
+    /// Appends to the room's history and delivers to the local members,
+    /// in offset order (both under the room's history lock).
+    pub fn history_publish(
+        &self,
+        room: &Arc<str>,
+        rule: &HistoryRule,
+        keep: Duration,
+        msg: RoomMessage,
+    ) {
+        let mut fill = None;
+        self.history.append(room, rule, keep, msg, |m| {
+            fill = self.hub.ordered.offer(&self.hub.registry, room, m);
+        });
+        if let Some(fill) = fill {
+            self.history_fill(fill);
+        }
+    }
+
+    pub fn history_read(
+        &self,
+        room: &Arc<str>,
+        rule: &HistoryRule,
+        keep: Duration,
+        query: Query,
+    ) -> HistoryRead {
+        self.history.read(room, rule, keep, query)
+    }
+
+    /// Offsets are assigned and delivered under one lock here, so a gap
+    /// cannot open; should one, it is filled from memory at once.
+    pub fn history_fill(&self, fill: Fill) {
+        let mut next = Some(fill);
+        while let Some(f) = next.take() {
+            let read = self
+                .history
+                .read(&f.room, &f.rule, f.keep, Query::After(f.after));
+            next = self
+                .hub
+                .ordered
+                .fill_done(&self.hub.registry, &f.room, Some(read));
         }
     }
 
@@ -96,5 +147,6 @@ impl MemoryBus {
     pub fn sweep(&self) {
         self.offline.sweep();
         self.idempotency.sweep();
+        self.history.sweep();
     }
 }

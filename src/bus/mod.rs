@@ -12,12 +12,15 @@ pub mod memory;
 pub mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use idempotency::IdemClaim;
 
+use crate::history::order::Fill;
+use crate::history::{HistoryRead, HistoryRule, Query};
 use crate::offline::Queued;
 use crate::protocol::{Data, ServerEvent};
 use std::borrow::Cow;
@@ -30,6 +33,27 @@ pub struct RoomMessage {
     pub data: Data,
     pub ts: u64,
     pub mid: String,
+    /// Rooms with history: the message's offset and the room's epoch
+    /// (on Redis channels the publish script writes them; `wire.rs`).
+    #[serde(skip)]
+    pub offset: Option<u64>,
+    #[serde(skip)]
+    pub epoch: Option<Arc<str>>,
+}
+
+impl RoomMessage {
+    /// The `message` event of this message in `room` (unscoped name).
+    pub fn to_server_event<'a>(&'a self, room: &'a str) -> ServerEvent<'a> {
+        ServerEvent::Message {
+            room: Cow::Borrowed(room),
+            from: Cow::Borrowed(&self.from),
+            data: Cow::Borrowed(&self.data),
+            ts: self.ts,
+            mid: Cow::Borrowed(&self.mid),
+            offset: self.offset,
+            epoch: self.epoch.as_deref().map(Cow::Borrowed),
+        }
+    }
 }
 
 /// An event for every member of a room.
@@ -43,22 +67,15 @@ pub enum RoomEvent {
 impl RoomEvent {
     /// The client-facing event, for the room's unscoped name.
     pub fn to_server_event<'a>(&'a self, room: &'a str) -> ServerEvent<'a> {
-        let room = Cow::Borrowed(room);
         match self {
-            RoomEvent::Message(m) => ServerEvent::Message {
-                room,
-                from: Cow::Borrowed(&m.from),
-                data: Cow::Borrowed(&m.data),
-                ts: m.ts,
-                mid: Cow::Borrowed(&m.mid),
-            },
+            RoomEvent::Message(m) => m.to_server_event(room),
             RoomEvent::Joined { user, count } => ServerEvent::Joined {
-                room,
+                room: Cow::Borrowed(room),
                 user: Cow::Borrowed(user),
                 count: *count,
             },
             RoomEvent::Left { user, count } => ServerEvent::Left {
-                room,
+                room: Cow::Borrowed(room),
                 user: Cow::Borrowed(user),
                 count: *count,
             },
@@ -172,6 +189,48 @@ impl Bus {
         match self {
             Bus::Memory(_) => Ok(()),
             Bus::Redis(b) => Box::pin(b.publish(room, event)).await,
+        }
+    }
+
+    /// Publishes a message of a room with history: the store assigns its
+    /// offset (and the epoch), keeps it, and it reaches the local members
+    /// (in offset order, through the hub's order) and the other instances.
+    /// Without the store (Redis unreachable) nothing is published.
+    pub async fn history_publish(
+        &self,
+        room: &Arc<str>,
+        rule: &HistoryRule,
+        keep: Duration,
+        msg: RoomMessage,
+    ) -> Result<(), BusError> {
+        match self {
+            Bus::Memory(b) => {
+                b.history_publish(room, rule, keep, msg);
+                Ok(())
+            }
+            Bus::Redis(b) => Box::pin(b.history_publish(room, rule, keep, msg)).await,
+        }
+    }
+
+    /// Reads a history room's position and the messages `query` asks for.
+    pub async fn history_read(
+        &self,
+        room: &Arc<str>,
+        rule: &HistoryRule,
+        keep: Duration,
+        query: Query,
+    ) -> Result<HistoryRead, BusError> {
+        match self {
+            Bus::Memory(b) => Ok(b.history_read(room, rule, keep, query)),
+            Bus::Redis(b) => Box::pin(b.history_read(room, rule, keep, query)).await,
+        }
+    }
+
+    /// Reads what a history room's local order misses and hands it back.
+    pub fn history_fill(&self, fill: Fill) {
+        match self {
+            Bus::Memory(b) => b.history_fill(fill),
+            Bus::Redis(b) => b.history_fill(fill),
         }
     }
 

@@ -26,7 +26,8 @@ pub enum Outbound {
     /// every other recipient of the same event.
     Frame(Bytes),
     /// Offline messages for the connection's user; once written and flushed,
-    /// the queue entries up to `upto` are removed from the offline store.
+    /// the queue entries up to `upto` are removed from the offline store
+    /// (`upto` 0: frames that must stay together, e.g. a history replay).
     Queued { frames: Vec<Bytes>, upto: u64 },
     /// The unwritten rest of a frame a pusher began writing itself; it
     /// goes out first, as is, and never joins a batch.

@@ -189,7 +189,15 @@ async fn handle_frame(node: &Node, conn: &Arc<ConnHandle>, session: &mut Session
         command => run(node, conn, command, id.as_ref()).await,
     };
     match (result, id) {
-        (Ok(Done::Ack), Some(id)) => reply(conn, &ServerEvent::Ack { id: Cow::Owned(id) }),
+        (Ok(Done::Ack), Some(id)) => reply(
+            conn,
+            &ServerEvent::Ack {
+                id: Cow::Owned(id),
+                offset: None,
+                epoch: None,
+                recovered: None,
+            },
+        ),
         (Ok(_), _) => {}
         (Err(e), id) => refuse(conn, id.as_ref(), Refusal::Error(e.code, e.text)),
     }
@@ -240,7 +248,19 @@ async fn run(
     id: Option<&ReqId>,
 ) -> Result<Done, OpError> {
     match command {
-        Command::Join { room } => node.join(conn, &room).await.map(|()| Done::Ack),
+        Command::Join { room, since } => match node.history_rule(&room) {
+            // The join queues its own ack, behind the replayed messages.
+            Some(rule) => node
+                .join_history(conn, &room, &rule, since, id)
+                .await
+                .map(|()| Done::Replied),
+            None => node.join(conn, &room).await.map(|()| Done::Ack),
+        },
+        Command::History { room, since, limit } => {
+            let event = node.history(&room, since, limit, id).await?;
+            reply(conn, &event.as_event());
+            Ok(Done::Replied)
+        }
         Command::Leave { room } => node.leave(conn, &room).await.map(|()| Done::Ack),
         Command::Publish { room, data } => {
             node.publish(conn, &room, data).await.map(|()| Done::Ack)
@@ -324,6 +344,7 @@ fn op_index(op: &ClientOp) -> usize {
         ClientOp::Presence { .. } => 4,
         ClientOp::Ping => 5,
         ClientOp::Admin { .. } => 6,
+        ClientOp::History { .. } => 7,
     }
 }
 

@@ -407,7 +407,10 @@ impl WriteSide {
                     } else {
                         self.out.extend(frames);
                     }
-                    self.acks.push(upto);
+                    // 0: a history replay, nothing to acknowledge.
+                    if upto > 0 {
+                        self.acks.push(upto);
+                    }
                 }
                 Outbound::Ping => self.out.push_back(ws::PING),
                 Outbound::Close(code) => {

@@ -97,7 +97,24 @@ pub struct ClientFrame {
     pub cmd: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Data>,
+    /// `join` and `history`: the position the client last saw (room history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Since>,
+    /// `history`: how many of the latest messages to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
+
+/// A position in a room's history: the offset of the last message a client
+/// saw and the epoch it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Longest epoch a client may send back, in bytes.
+pub const MAX_EPOCH_LEN: usize = 64;
 
 impl ClientFrame {
     pub fn new(op: &str) -> Self {
@@ -131,6 +148,19 @@ impl ClientFrame {
         self.data = Some(data.into());
         self
     }
+
+    pub fn since(mut self, offset: u64, epoch: &str) -> Self {
+        self.since = Some(Since {
+            offset,
+            epoch: epoch.to_owned(),
+        });
+        self
+    }
+
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
 }
 
 impl From<u64> for ReqId {
@@ -150,6 +180,7 @@ impl From<&str> for ReqId {
 pub enum ClientOp {
     Join {
         room: String,
+        since: Option<Since>,
     },
     Leave {
         room: String,
@@ -170,6 +201,12 @@ pub enum ClientOp {
     Admin {
         cmd: String,
         args: Data,
+    },
+    /// Read a room's history: after `since`, or the latest `limit`.
+    History {
+        room: String,
+        since: Option<Since>,
+        limit: Option<u64>,
     },
 }
 
@@ -218,9 +255,18 @@ impl ClientFrame {
                 )
             })
         };
+        if let Some(since) = &self.since
+            && since.epoch.len() > MAX_EPOCH_LEN
+        {
+            return Err(reject(
+                ErrorCode::BadRequest,
+                format!("since.epoch longer than {MAX_EPOCH_LEN} bytes"),
+            ));
+        }
         let op = match op_name.as_str() {
             "join" => ClientOp::Join {
                 room: need(self.room, "room")?,
+                since: self.since,
             },
             "leave" => ClientOp::Leave {
                 room: need(self.room, "room")?,
@@ -241,6 +287,29 @@ impl ClientFrame {
                 cmd: need(self.cmd, "cmd")?,
                 args: self.data.unwrap_or_else(Data::null),
             },
+            "history" => {
+                let room = need(self.room, "room")?;
+                match (&self.since, self.limit) {
+                    (Some(_), Some(_)) | (None, None) => {
+                        return Err(reject(
+                            ErrorCode::BadRequest,
+                            "op `history` needs either `since` or `limit`".into(),
+                        ));
+                    }
+                    (None, Some(0)) => {
+                        return Err(reject(
+                            ErrorCode::BadRequest,
+                            "`limit` must be at least 1".into(),
+                        ));
+                    }
+                    _ => {}
+                }
+                ClientOp::History {
+                    room,
+                    since: self.since,
+                    limit: self.limit,
+                }
+            }
             _ => {
                 // Cut on a character boundary: `String::truncate` panics inside one.
                 let shown = &op_name[..op_name.floor_char_boundary(32)];
@@ -285,6 +354,15 @@ pub enum ServerEvent<'a> {
     },
     Ack {
         id: Cow<'a, ReqId>,
+        /// Join of a room with history: the last offset sent to the client
+        /// for the room (replayed messages came before this ack).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<Cow<'a, str>>,
+        /// Join with `since`: every missed message was replayed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     },
     Error {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -316,6 +394,11 @@ pub enum ServerEvent<'a> {
         data: Cow<'a, Data>,
         ts: u64,
         mid: Cow<'a, str>,
+        /// Rooms with history: the message's place in the room's history.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<Cow<'a, str>>,
     },
     Direct {
         from: Cow<'a, str>,
@@ -357,5 +440,22 @@ pub enum ServerEvent<'a> {
         cmd: Cow<'a, str>,
         #[serde(deserialize_with = "deserialize_via_value")]
         result: Cow<'a, Data>,
+    },
+    /// The answer to `history`: `message` events, oldest first.
+    History {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Cow<'a, ReqId>>,
+        room: Cow<'a, str>,
+        messages: Vec<ServerEvent<'a>>,
+        offset: u64,
+        epoch: Cow<'a, str>,
+        complete: bool,
+    },
+    /// The instance could not deliver some messages of a room with history
+    /// (`offset`: the room's last offset); read them with `history`.
+    Gap {
+        room: Cow<'a, str>,
+        epoch: Cow<'a, str>,
+        offset: u64,
     },
 }

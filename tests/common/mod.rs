@@ -490,8 +490,9 @@ impl Client {
 pub fn answers(e: &Event, id: u64) -> bool {
     let want = roomcast::protocol::ReqId::Num(id);
     match e {
-        ServerEvent::Ack { id } => **id == want,
+        ServerEvent::Ack { id, .. } => **id == want,
         ServerEvent::Error { id: Some(i), .. }
+        | ServerEvent::History { id: Some(i), .. }
         | ServerEvent::Pong { id: Some(i) }
         | ServerEvent::Presence { id: Some(i), .. }
         | ServerEvent::Admin { id: Some(i), .. } => **i == want,

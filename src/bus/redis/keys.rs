@@ -23,6 +23,8 @@
 //! | `P:idem:<scope>:<key>` | string, PX window | a server API idempotency record (`bus::idempotency`) |
 //! | `P:api-settings` | hash | settings the `roomcast_v1` functions read (offline_max, offline_ttl_ms) |
 //! | `P:fn-mid-seq` | string | counter of the message ids the `roomcast_v1` functions stamp |
+//! | `P:history:<room>` | hash, PX meta TTL | a history room's last offset `o` and epoch `e` |
+//! | `P:history-stream:<room>` | stream, PX TTL | a history room's last messages, ids `<offset>-1`, fields `t` (ms), `d` (payload) |
 //!
 //! Channels: `P:room:<room>` (room events), `P:instance:<id>` (direct
 //! messages for users on that instance) and `P:global`.
@@ -122,6 +124,16 @@ impl Keys {
 
     pub fn api_settings(&self) -> String {
         format!("{}:api-settings", self.prefix)
+    }
+
+    /// A history room's position: hash with `o` (last offset) and `e` (epoch).
+    pub fn history_meta(&self, room: &str) -> String {
+        format!("{}:history:{room}", self.prefix)
+    }
+
+    /// A history room's messages: a stream whose entry ids are `<offset>-1`.
+    pub fn history_stream(&self, room: &str) -> String {
+        format!("{}:history-stream:{room}", self.prefix)
     }
 
     pub fn room_channel(&self, room: &str) -> String {

@@ -11,6 +11,7 @@
 //!   holds direct messages while Redis is unreachable.
 //! - [`heartbeat`]: the instance's TTL key and registry entry.
 //! - [`reaper`]: cleaning up after dead instances, and deregistration.
+//! - [`history`]: room history streams, offsets and epochs, gap fills.
 //! - [`sync`]: the supervisor: readiness, reconnects and the resync that
 //!   re-asserts everything this instance holds.
 //!
@@ -30,6 +31,7 @@ pub mod api;
 mod control;
 mod converge;
 mod heartbeat;
+mod history;
 pub mod keys;
 mod offline;
 mod presence;
@@ -56,8 +58,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Audience, BusError, DirectMessage, PresenceChange, RoomEvent, SendOutcome};
+use super::{
+    Audience, BusError, DirectMessage, PresenceChange, RoomEvent, RoomMessage, SendOutcome,
+};
 use crate::config::{OfflineConfig, RedisConfig};
+use crate::history::order::Fill;
+use crate::history::{HistoryRead, HistoryRule, Query};
 use crate::hub::Hub;
 use crate::offline::Queued;
 use converge::Converger;
@@ -331,6 +337,30 @@ impl RedisBus {
         Ok(self.shared.presence_sync(room, user).await.into())
     }
 
+    pub async fn history_publish(
+        &self,
+        room: &Arc<str>,
+        rule: &HistoryRule,
+        keep: Duration,
+        msg: RoomMessage,
+    ) -> Result<(), BusError> {
+        self.shared.history_publish(room, rule, keep, msg).await
+    }
+
+    pub async fn history_read(
+        &self,
+        room: &Arc<str>,
+        rule: &HistoryRule,
+        keep: Duration,
+        query: Query,
+    ) -> Result<HistoryRead, BusError> {
+        self.shared.history_read(room, rule, keep, query).await
+    }
+
+    pub fn history_fill(&self, fill: Fill) {
+        self.shared.spawn_fill(fill);
+    }
+
     pub async fn presence(&self, room: &Arc<str>) -> Result<Vec<String>, BusError> {
         Ok(self.shared.presence_list(room).await)
     }
@@ -580,6 +610,7 @@ pub mod metric {
         "reaper",
         "resync",
         "admin",
+        "history",
     ];
 
     /// Every `op` of `roomcast_redis_skipped_total`.
@@ -593,6 +624,7 @@ pub mod metric {
         "send",
         "offline_ack",
         "idempotency",
+        "history",
     ];
 
     /// Every metric of cluster mode.

@@ -201,6 +201,65 @@ if redis.call('GET', KEYS[5]) == ARGV[2] then redis.call('DEL', KEYS[5]) end
 return 1
 ";
 
+/// The epoch of a history room whose position is missing (new, or lost
+/// with a Redis that restarted empty): the Redis time in hex, µs precision.
+/// Its stream, if any, belongs to an older epoch and goes.
+const HISTORY_EPOCH: &str = "
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 'o', 0)
+end
+";
+
+/// KEYS: history meta, history stream. ARGV: payload head (up to the
+/// origin), payload tail, size, ttl_ms, meta_ttl_ms, room channel.
+/// Assigns the next offset, keeps the message, publishes it carrying its
+/// offset and epoch: one atomic step, so the channel's order is the
+/// offsets' order. Returns {offset, epoch}.
+const HISTORY_PUBLISH: &str = "
+local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local p = ARGV[1] .. '\"offset\":' .. o .. ',\"epoch\":\"' .. e .. '\",' .. ARGV[2]
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], o .. '-1', 't', now, 'd', p)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[6], p)
+return {o, e}
+";
+
+/// KEYS: history meta, history stream. ARGV: mode (`after`, `latest`,
+/// `pos`), n (offset or count), size, ttl_ms, meta_ttl_ms.
+/// Returns {epoch, top, offset, payload, offset, payload, ...}: contiguous,
+/// oldest first, only the last `size` offsets and none older than the TTL.
+const HISTORY_READ: &str = "
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local top = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local out = {e, top}
+local size = tonumber(ARGV[3])
+local lo = top - size
+local oldest = now - tonumber(ARGV[4])
+local entries = {}
+if ARGV[1] == 'after' then
+  local from = math.max(tonumber(ARGV[2]), lo) + 1
+  if from <= top then
+    entries = redis.call('XRANGE', KEYS[2], from .. '-0', '+', 'COUNT', size)
+  end
+elseif ARGV[1] == 'latest' then
+  local rev = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', math.min(tonumber(ARGV[2]), size))
+  for i = #rev, 1, -1 do table.insert(entries, rev[i]) end
+end
+for _, en in ipairs(entries) do
+  local off = tonumber(string.match(en[1], '^(%d+)'))
+  local f = en[2]
+  if off > lo and tonumber(f[2]) >= oldest then
+    table.insert(out, off)
+    table.insert(out, f[4])
+  end
+end
+return out
+";
+
 /// One script, run by hash with a reload on `NOSCRIPT`.
 pub struct Lua(Script);
 
@@ -240,6 +299,8 @@ pub struct Scripts {
     pub reap_room: Lua,
     pub reap_routes: Lua,
     pub reap_finish: Lua,
+    pub history_publish: Lua,
+    pub history_read: Lua,
 }
 
 impl Scripts {
@@ -255,6 +316,8 @@ impl Scripts {
             reap_room: Lua::new(REAP_ROOM, false),
             reap_routes: Lua::new(REAP_ROUTES, false),
             reap_finish: Lua::new(REAP_FINISH, false),
+            history_publish: Lua::new(&format!("{HISTORY_EPOCH}{HISTORY_PUBLISH}"), true),
+            history_read: Lua::new(&format!("{HISTORY_EPOCH}{HISTORY_READ}"), true),
         }
     }
 
@@ -271,6 +334,8 @@ impl Scripts {
             &self.reap_room,
             &self.reap_routes,
             &self.reap_finish,
+            &self.history_publish,
+            &self.history_read,
         ] {
             s.load(client).await?;
         }

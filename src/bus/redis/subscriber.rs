@@ -15,7 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::converge::Claim;
 use super::{Shared, metric, unavailable, wire};
-use crate::bus::BusError;
+use crate::bus::{BusError, RoomEvent};
 
 /// Channels per SUBSCRIBE command on resubscription.
 const SUBSCRIBE_CHUNK: usize = 500;
@@ -53,6 +53,7 @@ pub async fn receive_loop(shared: Arc<Shared>, mut rx: Receiver<Message>) {
             }
             Err(RecvError::Lagged(n)) => {
                 metric::lagged(n);
+                shared.check_history();
                 tracing::warn!(lost = n, "pub/sub receiver lagged; messages were dropped");
             }
             Err(RecvError::Closed) => return,
@@ -71,12 +72,14 @@ fn is_admin(payload: &[u8]) -> bool {
 }
 
 impl Shared {
-    fn on_room_message(&self, room: &str, payload: &[u8]) {
+    fn on_room_message(self: &Arc<Self>, room: &str, payload: &[u8]) {
         if payload.starts_with(self.own_prefix.as_bytes()) {
             // Delivered locally when it was published.
             return;
         }
         match wire::decode_room(payload) {
+            // A history room's message goes through the local order.
+            Ok(RoomEvent::Message(m)) if m.offset.is_some() => self.on_history_message(room, m),
             Ok(event) => self.hub.deliver_room(room, &event),
             Err(e) => {
                 metric::bad_message();

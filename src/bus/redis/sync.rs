@@ -164,6 +164,9 @@ pub async fn supervise(shared: Arc<Shared>, mut ev: Events) {
                 match r {
                     Ok(Ok(())) => {
                         metric::ready(shared.is_ready());
+                        // Messages of history rooms may have been lost
+                        // while the subscriber was away.
+                        shared.check_history();
                         need |= shared.dirty.load(Ordering::SeqCst);
                     }
                     Ok(Err(e)) => {

@@ -7,6 +7,8 @@
 //!   `{"origin":..,"type":"joined","user":"bob","count":3}`, and `left` alike.
 //!   `origin` comes first so an instance skips its own messages with a
 //!   prefix test instead of a parse.
+//! - History rooms: the publish script inserts `"offset":N,"epoch":"E",`
+//!   right after the origin, so every copy (channel and stream) has them.
 //! - Instance channel `P:instance:<id>`:
 //!   `{"origin":..,"type":"direct","user":"<tenant>/<user>","local":true,"msg":{"from":..,"data":..,"ts":..,"mid":..}}`
 //!   (`local`: the origin delivered it to its own connections of the user; absent when false),
@@ -60,6 +62,9 @@ struct RoomIn {
     mid: Option<String>,
     user: Option<String>,
     count: Option<u64>,
+    /// History rooms: set by the publish script.
+    offset: Option<u64>,
+    epoch: Option<String>,
 }
 
 /// The prefix every room message published by `origin` starts with.
@@ -109,6 +114,8 @@ pub fn decode_room(payload: &[u8]) -> Result<RoomEvent, String> {
             mid: r
                 .mid
                 .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+            offset: r.offset,
+            epoch: r.epoch.map(Into::into),
         })),
         "joined" => Ok(RoomEvent::Joined {
             user: r.user.ok_or("joined without user")?,
@@ -259,6 +266,8 @@ mod tests {
             data: json!({"hp": 3}).into(),
             ts: 5,
             mid: "m-1".into(),
+            offset: None,
+            epoch: None,
         });
         let s = encode_room("i-1", &ev).expect("encode");
         assert!(s.starts_with(&origin_prefix("i-1")));
