@@ -136,7 +136,7 @@ pub const RECOVERY_RESULTS: [&str; 2] = ["recovered", "not_recovered"];
 const CODEC_LABELS: [&str; 2] = ["json", "msgpack"];
 
 /// Every metric of the server outside cluster mode.
-pub const METRICS: [Metric; 19] = [
+pub const METRICS: [Metric; 22] = [
     Metric {
         name: "roomcast_connections",
         kind: Kind::Gauge,
@@ -307,7 +307,7 @@ struct Hot {
     room_events: Counter,
     room_encodes: Counter,
     encodes: [Counter; 2],
-    ops: [Counter; 7],
+    ops: [Counter; 8],
 }
 
 static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {

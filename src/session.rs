@@ -180,7 +180,7 @@ impl Session {
         let is_admin = self.identity.is_admin();
         let global_admin = is_admin && tenant.is_empty();
         match &op {
-            ClientOp::Join { room } if room == ADMIN_STATS_ROOM => {
+            ClientOp::Join { room, .. } if room == ADMIN_STATS_ROOM => {
                 return if global_admin {
                     Ok(Command::StatsSubscribe)
                 } else {
@@ -342,6 +342,7 @@ mod tests {
         let user = with(vec![], "");
         let join = || ClientOp::Join {
             room: ADMIN_STATS_ROOM.into(),
+            since: None,
         };
         assert_eq!(admin.command(join()), Ok(Command::StatsSubscribe));
         for s in [&tenant_admin, &user] {
@@ -376,7 +377,8 @@ mod tests {
         // Any other `$` name is still an invalid room.
         assert!(matches!(
             admin.command(ClientOp::Join {
-                room: "$admin:other".into()
+                room: "$admin:other".into(),
+                since: None,
             }),
             Err(Refusal::Error(ErrorCode::InvalidRoom, _))
         ));

@@ -14,7 +14,7 @@ const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/vectors.json")
 const SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/schema.json");
 
 /// Every op the server accepts.
-const OPS: [&str; 7] = [
+const OPS: [&str; 8] = [
     "join", "leave", "publish", "send", "presence", "ping", "admin", "history",
 ];
 

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use dashmap::mapref::entry::Entry;
 
 use super::idempotency::MemoryIdempotency;
-use super::{DirectMessage, PresenceChange, SendOutcome};
 use std::time::Duration;
 
 use super::{DirectMessage, PresenceChange, RoomMessage, SendOutcome};

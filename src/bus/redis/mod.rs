@@ -596,7 +596,7 @@ pub mod metric {
     use crate::metrics::{Kind, Metric};
 
     /// Every `op` of `roomcast_redis_errors_total`.
-    pub const ERROR_OPS: [&str; 13] = [
+    pub const ERROR_OPS: [&str; 14] = [
         "publish",
         "broadcast",
         "subscribe",
@@ -614,7 +614,7 @@ pub mod metric {
     ];
 
     /// Every `op` of `roomcast_redis_skipped_total`.
-    pub const SKIPPED_OPS: [&str; 9] = [
+    pub const SKIPPED_OPS: [&str; 10] = [
         "publish",
         "broadcast",
         "subscribe",
