@@ -527,16 +527,19 @@ async fn the_redis_function_library_emits_without_http() {
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_code_and_delivers_nothing() {
-    let server = Server::start(&[
-        "--api-keys",
-        KEY,
-        "--api-max-batch",
-        "5",
-        "--api-max-body-bytes",
-        "4000",
-        "--max-message-bytes",
-        "1000",
-    ])
+    let server = Server::start_env(
+        &[
+            "--api-keys",
+            KEY,
+            "--api-max-batch",
+            "5",
+            "--api-max-body-bytes",
+            "4000",
+            "--max-message-bytes",
+            "1000",
+        ],
+        &[("ROOMCAST_LOG", "debug")],
+    )
     .await;
     let mut member = server.connect("mo").await;
     member.join("lobby").await;
@@ -689,6 +692,9 @@ async fn bad_input_gets_a_clear_code_and_delivers_nothing() {
         .await;
     let metrics = http_get(&server.http("/metrics")).await.1;
     assert!(metric(&metrics, "roomcast_api_errors_total") >= 20.0);
+    // Credentials never reach the log, even with every request refused.
+    let log = server.log.text();
+    assert!(!log.contains(KEY) && !log.contains(&t1) && !log.contains(&client_token));
 }
 
 #[tokio::test]
