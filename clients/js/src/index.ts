@@ -1,0 +1,6 @@
+export { Roomcast } from "./client.js";
+export type { Options, SocketConstructor, SocketLike, Status, TokenContext } from "./client.js";
+export { json } from "./codec.js";
+export type { Codec } from "./codec.js";
+export { RoomcastError } from "./types.js";
+export type * from "./types.js";
