@@ -95,6 +95,8 @@ export class Roomcast {
   private listeners: { [name: string]: Set<Listener> } = {};
   private pending = new Map<number, Request>();
   private roomsIn = new Map<string, Room>();
+  /** `mid`s of recent queued direct messages: the queue delivers at least once. */
+  private queuedSeen = new Set<string>();
   private seq = 0;
   /** Attempts in a row that did not reach `welcome`. */
   private attempt = 0;
@@ -340,6 +342,14 @@ export class Roomcast {
       case "gap":
         this.gap(ev);
         return;
+      case "direct":
+        if (ev.queued) {
+          const seen = this.queuedSeen;
+          if (seen.has(ev.mid)) return;
+          seen.add(ev.mid);
+          if (seen.size > 1000) seen.delete(seen.values().next().value!);
+        }
+      // falls through
       default:
         if (this.settle(ev.id, ev)) return;
         if (RELAYED.test(ev.ev)) this.emit(ev.ev, ev);

@@ -266,3 +266,30 @@ test("a silent connection is noticed with a ping op and replaced", async () => {
   assert.equal(f.frames[0].op, "ping");
   await until(() => f.conns.length == 2, "a new connection");
 });
+
+test("batches are unpacked in order; repeated queued direct messages are dropped by mid", async () => {
+  const f = await fake();
+  const c = client({ url: f.url, token: token("u") });
+  await c.connect();
+  assert.match(f.last.url, /[?&]batch=1$/);
+  const seen = [];
+  for (const name of ["message", "joined", "left", "presence_diff", "direct", "broadcast"]) c.on(name, (e) => seen.push(`${name}:${e.mid ?? e.user ?? e.count}`));
+  const queued = (mid) => ({ ev: "direct", from: "a", data: 1, ts: 1, mid, queued: true });
+  f.send(f.last, {
+    ev: "batch",
+    events: [
+      { ev: "message", room: "r", from: "a", data: 1, ts: 1, mid: "m1" },
+      { ev: "joined", room: "r", user: "b", count: 2 },
+      { ev: "presence_diff", room: "r", joins: ["c"], leaves: [], count: 3 },
+      queued("q1"),
+      queued("q1"),
+      { ev: "direct", from: "a", data: 1, ts: 1, mid: "d1", queued: false },
+    ],
+  });
+  f.send(f.last, queued("q1"));
+  f.send(f.last, { ev: "broadcast", from: "$admin", data: { motd: "hi" }, ts: 1, mid: "b1" });
+  f.send(f.last, { ev: "left", room: "r", user: "b", count: 2 });
+  await until(() => seen.length >= 7, "seven events");
+  await sleep(100);
+  assert.deepEqual(seen, ["message:m1", "joined:b", "presence_diff:3", "direct:q1", "direct:d1", "broadcast:b1", "left:b"]);
+});
