@@ -214,6 +214,10 @@ SERVER = [
     ("message_wide", message(LONG_ROOM, "alice", {"wide": WIDE, "seq": list(range(16))}, "3f9a1c2e-ff")),
     ("direct_live", direct("alice", {"text": "hi"}, "3f9a1c2e-100", False)),
     ("direct_queued", direct("server", {"text": LONG}, "b07c44d1-9", True, ts=TS - 60000)),
+    (
+        "broadcast_admin",
+        {"ev": "broadcast", "from": "$admin", "data": {"text": "restart in 5 minutes"}, "ts": TS, "mid": "3f9a1c2e-7"},
+    ),
     ("pong_num_id", {"ev": "pong", "id": 5}),
     ("pong_str_id", {"ev": "pong", "id": "p-5"}),
     ("pong_no_id", {"ev": "pong"}),

@@ -143,9 +143,17 @@ fn validation(alg: Algorithm) -> Validation {
     v
 }
 
+/// User ids starting with this are the server's own senders (`$admin`,
+/// `$server`); no token may claim one.
+pub const RESERVED_SENDER_PREFIX: char = '$';
+
 fn identity(c: Claims) -> Result<Identity, AuthError> {
     if c.sub.is_empty() || c.sub.len() > 256 {
         return Err(AuthError::Invalid("sub must be 1 to 256 bytes".into()));
+    }
+    if c.sub.starts_with(RESERVED_SENDER_PREFIX) {
+        // `$admin` and `$server` mark messages the server itself sends.
+        return Err(AuthError::Invalid("sub must not start with '$'".into()));
     }
     let tenant = c.tenant.unwrap_or_default();
     if !tenant.is_empty() && !crate::session::valid_room_name(&tenant) {
@@ -345,6 +353,22 @@ mod tests {
         assert_eq!(raw_claims(&token)["exp"], since + 90);
         // Another secret does not verify it.
         assert!(verifier("other").verify(Some(&token)).is_err());
+    }
+
+    #[test]
+    fn reserved_senders_cannot_be_claimed() {
+        // Neither minted nor verified: a user must not pose as the server.
+        assert!(mint_hs256("s3cret", &grant("$admin"), SystemTime::now()).is_err());
+        let claims = serde_json::json!({"sub": "$server", "exp": u64::MAX / 2});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"s3cret"),
+        )
+        .expect("encode");
+        assert!(verifier("s3cret").verify(Some(&token)).is_err());
+        // `$` inside a user id is fine.
+        assert!(mint_hs256("s3cret", &grant("bob$1"), SystemTime::now()).is_ok());
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub const LANE_MIN_MEMBERS: usize = 256;
 
 /// Members pushed between two yields of a lane task: about a millisecond of
 /// direct writes, so other rooms' deliveries and requests run in between.
-const LANE_CHUNK: usize = 256;
+pub const LANE_CHUNK: usize = 256;
 
 /// Room deliveries that must not hold up the caller. A big room's fan-out
 /// costs one push (often a direct write) per member; run by a subscriber

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use crate::bus::{DirectMessage, RoomEvent};
+use crate::bus::{Audience, DirectMessage, RoomEvent};
 use crate::conn::handle::{ConnHandle, ConnId, Outbound};
 use crate::fanout::{self, Lanes};
 use crate::offline::Queued;
@@ -94,6 +94,33 @@ impl Hub {
             .collect();
         fanout::deliver_conns(&free, &event);
         free.len() + waiting.len()
+    }
+
+    /// Delivers a broadcast to every local connection in the audience, from
+    /// a task of its own that yields between chunks: tens of thousands of
+    /// pushes must not hold up the caller (a request or the bus's receive
+    /// loop). Returns how many connections it will be offered to.
+    pub fn deliver_broadcast(&self, audience: &Audience, msg: &DirectMessage) -> usize {
+        let conns: Vec<Arc<ConnHandle>> = self
+            .registry
+            .all_conns()
+            .into_iter()
+            .filter(|c| audience.includes(&c.user))
+            .collect();
+        let count = conns.len();
+        if count == 0 {
+            return 0;
+        }
+        let msg = msg.clone();
+        tokio::spawn(async move {
+            let event = msg.to_broadcast_event();
+            let mut frames = fanout::Frames::new(&event);
+            for chunk in conns.chunks(fanout::LANE_CHUNK) {
+                crate::metrics::delivered(frames.send_to(chunk));
+                tokio::task::yield_now().await;
+            }
+        });
+        count
     }
 
     /// Starts attaching a new connection: live direct messages for it are

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
-use crate::bus::{Bus, BusError, DirectMessage, RoomEvent, RoomMessage, SendOutcome};
+use crate::bus::{Audience, Bus, BusError, DirectMessage, RoomEvent, RoomMessage, SendOutcome};
 use crate::config::Config;
 use crate::conn::handle::{ConnHandle, ConnId};
 use crate::hub::Hub;
@@ -46,6 +46,14 @@ impl From<BusError> for OpError {
 /// The answer to a presence query.
 pub struct PresenceInfo {
     pub users: Vec<String>,
+}
+
+/// What a broadcast did on this instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broadcasted {
+    pub mid: String,
+    /// Local connections it was offered to (other instances not counted).
+    pub local: usize,
 }
 
 pub struct Node {
@@ -272,6 +280,31 @@ impl Node {
         };
         let local = self.hub.deliver_direct(to, &msg) > 0;
         Ok(self.bus.send(to, msg, local).await?)
+    }
+
+    /// Sends `data` to every connection of the audience on every instance
+    /// (spec §5's global broadcast, or one tenant's). `from` is a reserved
+    /// sender (`$admin`, `$server`) that no token can claim. One `ts` and
+    /// one `mid` for every recipient. Returns the message id and how many
+    /// local connections it was offered to.
+    pub async fn broadcast(
+        &self,
+        audience: Audience,
+        from: &str,
+        data: Data,
+    ) -> Result<Broadcasted, OpError> {
+        let msg = DirectMessage {
+            from: from.to_owned(),
+            data,
+            ts: now_ms(),
+            mid: self.next_mid(),
+        };
+        let local = self.hub.deliver_broadcast(&audience, &msg);
+        self.bus.broadcast(&audience, &msg).await?;
+        Ok(Broadcasted {
+            mid: msg.mid,
+            local,
+        })
     }
 
     /// Registers a new connection and queues its user's offline backlog to

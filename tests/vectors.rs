@@ -98,6 +98,7 @@ fn kind(ev: &ServerEvent<'_>) -> &'static str {
         ServerEvent::Presence { .. } => "presence",
         ServerEvent::Message { .. } => "message",
         ServerEvent::Direct { .. } => "direct",
+        ServerEvent::Broadcast { .. } => "broadcast",
         ServerEvent::Pong { .. } => "pong",
         ServerEvent::Reconnect { .. } => "reconnect",
         ServerEvent::Batch { .. } => "batch",

@@ -84,6 +84,39 @@ impl DirectMessage {
     }
 }
 
+impl DirectMessage {
+    /// The same message as a broadcast event.
+    pub fn to_broadcast_event(&self) -> ServerEvent<'_> {
+        ServerEvent::Broadcast {
+            from: Cow::Borrowed(&self.from),
+            data: Cow::Borrowed(&self.data),
+            ts: self.ts,
+            mid: Cow::Borrowed(&self.mid),
+        }
+    }
+}
+
+/// Who receives a broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// Every connection of the cluster, whatever its tenant.
+    All,
+    /// Every connection of one tenant (`""` is the default tenant).
+    Tenant(Arc<str>),
+}
+
+impl Audience {
+    /// Whether a connection of `user` (a scoped user key) is in it.
+    pub fn includes(&self, user: &str) -> bool {
+        match self {
+            Audience::All => true,
+            Audience::Tenant(t) => user
+                .split_once('/')
+                .is_some_and(|(tenant, _)| tenant == &**t),
+        }
+    }
+}
+
 /// The result of a presence update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PresenceChange {
@@ -176,6 +209,19 @@ impl Bus {
         }
     }
 
+    /// Sends a broadcast to the other instances (the node has delivered it
+    /// to local connections already).
+    pub async fn broadcast(
+        &self,
+        audience: &Audience,
+        msg: &DirectMessage,
+    ) -> Result<(), BusError> {
+        match self {
+            Bus::Memory(_) => Ok(()),
+            Bus::Redis(b) => Box::pin(b.broadcast(audience, msg)).await,
+        }
+    }
+
     /// Routes the user's direct messages to this instance and reads the
     /// user's offline backlog, for a connection the hub began attaching.
     pub async fn attach(&self, user: &Arc<str>) -> Vec<Queued> {
@@ -228,5 +274,21 @@ impl Bus {
             Bus::Memory(_) => {}
             Bus::Redis(b) => Box::pin(b.shutdown()).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_audience_holds_only_its_tenant() {
+        let acme = Audience::Tenant("acme".into());
+        assert!(acme.includes("acme/bob"));
+        assert!(!acme.includes("other/bob") && !acme.includes("/bob"));
+        assert!(!acme.includes("acme-2/bob") && !acme.includes("acm/e"));
+        let default = Audience::Tenant("".into());
+        assert!(default.includes("/bob") && !default.includes("acme/bob"));
+        assert!(Audience::All.includes("acme/bob") && Audience::All.includes("/bob"));
     }
 }

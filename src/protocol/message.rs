@@ -296,6 +296,14 @@ pub enum ServerEvent<'a> {
         mid: Cow<'a, str>,
         queued: bool,
     },
+    /// A message to every connection of the cluster, or of one tenant.
+    Broadcast {
+        from: Cow<'a, str>,
+        #[serde(deserialize_with = "deserialize_via_value")]
+        data: Cow<'a, Data>,
+        ts: u64,
+        mid: Cow<'a, str>,
+    },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Cow<'a, ReqId>>,

@@ -54,7 +54,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BusError, DirectMessage, PresenceChange, RoomEvent, SendOutcome};
+use super::{Audience, BusError, DirectMessage, PresenceChange, RoomEvent, SendOutcome};
 use crate::config::{OfflineConfig, RedisConfig};
 use crate::hub::Hub;
 use crate::offline::Queued;
@@ -335,6 +335,14 @@ impl RedisBus {
         self.shared.attach(user).await
     }
 
+    pub async fn broadcast(
+        &self,
+        audience: &Audience,
+        msg: &DirectMessage,
+    ) -> Result<(), BusError> {
+        self.shared.broadcast(audience, msg).await
+    }
+
     pub async fn detach(&self, user: &Arc<str>) {
         self.shared.drop_route_if_last(user).await;
     }
@@ -429,6 +437,30 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Publishes a broadcast on the global channel, which every instance
+    /// subscribes. Like room messages it is at-most-once; unlike them the
+    /// caller (an operator or the game's backend) is told when Redis could
+    /// not take it.
+    async fn broadcast(&self, audience: &Audience, msg: &DirectMessage) -> Result<(), BusError> {
+        if !self.up() {
+            metric::skipped("broadcast");
+            return Err(BusError::Unavailable(
+                "redis unreachable: delivered on this instance only".into(),
+            ));
+        }
+        let payload = wire::encode_broadcast(self.id(), audience, msg).map_err(unavailable)?;
+        self.client
+            .publish::<i64, _, _>(self.keys.global_channel(), payload)
+            .await
+            .map_err(|e| {
+                metric::error("broadcast");
+                unavailable(e)
+            })?;
+        Ok(())
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(e.to_string())
 }
@@ -441,8 +473,9 @@ pub mod metric {
     use crate::metrics::{Kind, Metric};
 
     /// Every `op` of `roomcast_redis_errors_total`.
-    pub const ERROR_OPS: [&str; 11] = [
+    pub const ERROR_OPS: [&str; 12] = [
         "publish",
+        "broadcast",
         "subscribe",
         "presence",
         "presence_list",
@@ -456,8 +489,9 @@ pub mod metric {
     ];
 
     /// Every `op` of `roomcast_redis_skipped_total`.
-    pub const SKIPPED_OPS: [&str; 7] = [
+    pub const SKIPPED_OPS: [&str; 8] = [
         "publish",
+        "broadcast",
         "subscribe",
         "presence",
         "attach",

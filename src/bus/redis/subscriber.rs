@@ -44,7 +44,7 @@ pub async fn receive_loop(shared: Arc<Shared>, mut rx: Receiver<Message>) {
                 } else if channel == own_channel {
                     shared.on_instance_message(payload);
                 } else if channel == global {
-                    tracing::debug!(message = %String::from_utf8_lossy(payload), "global channel");
+                    shared.on_global_message(payload);
                 }
             }
             Err(RecvError::Lagged(n)) => {
@@ -67,6 +67,27 @@ impl Shared {
             Err(e) => {
                 metric::bad_message();
                 tracing::debug!(error = %e, "bad room message");
+            }
+        }
+    }
+
+    fn on_global_message(&self, payload: &[u8]) {
+        if payload.starts_with(self.own_prefix.as_bytes()) {
+            // Delivered locally when it was sent.
+            return;
+        }
+        match serde_json::from_slice::<wire::GlobalIn>(payload) {
+            Ok(msg) => match msg.into_broadcast() {
+                Some((audience, msg)) => {
+                    self.hub.deliver_broadcast(&audience, &msg);
+                }
+                None => {
+                    tracing::debug!(message = %String::from_utf8_lossy(payload), "global channel")
+                }
+            },
+            Err(e) => {
+                metric::bad_message();
+                tracing::debug!(error = %e, "bad global message");
             }
         }
     }

@@ -9,7 +9,9 @@
 //!   prefix test instead of a parse.
 //! - Instance channel `P:instance:<id>`:
 //!   `{"origin":..,"type":"direct","user":"<tenant>/<user>","msg":{"from":..,"data":..,"ts":..,"mid":..}}`.
-//! - Global channel `P:global`: `{"origin":..,"type":"instance_gone","instance":".."}`.
+//! - Global channel `P:global`: `{"origin":..,"type":"instance_gone","instance":".."}`,
+//!   `{"origin":..,"type":"broadcast","tenant":"t","msg":{"from":..,"data":..,"ts":..,"mid":..}}`
+//!   (`tenant` absent: every connection of every tenant).
 //! - Offline queue entry: `<seq>|<ts_ms>|<msg json>`; Lua reads the two
 //!   numbers without decoding the JSON.
 //!
@@ -20,7 +22,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{DirectMessage, RoomEvent, RoomMessage};
+use crate::bus::{Audience, DirectMessage, RoomEvent, RoomMessage};
 use crate::node::now_ms;
 use crate::offline::Queued;
 use crate::protocol::Data;
@@ -148,6 +150,56 @@ pub fn encode_direct(
     })
 }
 
+#[derive(Serialize)]
+struct BroadcastOut<'a> {
+    origin: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
+    msg: &'a DirectMessage,
+}
+
+/// A message on the global channel.
+#[derive(Debug, Deserialize)]
+pub struct GlobalIn {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A broadcast's tenant; absent for every tenant.
+    pub tenant: Option<String>,
+    pub msg: Option<DirectMessage>,
+}
+
+impl GlobalIn {
+    /// A broadcast's audience and message, if this is one.
+    pub fn into_broadcast(self) -> Option<(Audience, DirectMessage)> {
+        if self.kind != "broadcast" {
+            return None;
+        }
+        let audience = match self.tenant {
+            None => Audience::All,
+            Some(t) => Audience::Tenant(t.into()),
+        };
+        Some((audience, self.msg?))
+    }
+}
+
+pub fn encode_broadcast(
+    origin: &str,
+    audience: &Audience,
+    msg: &DirectMessage,
+) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&BroadcastOut {
+        origin,
+        kind: "broadcast",
+        tenant: match audience {
+            Audience::All => None,
+            Audience::Tenant(t) => Some(t),
+        },
+        msg,
+    })
+}
+
 pub fn encode_gone(origin: &str, instance: &str) -> String {
     serde_json::json!({"origin": origin, "type": "instance_gone", "instance": instance}).to_string()
 }
@@ -188,6 +240,24 @@ mod tests {
         };
         let s = encode_room("i-1", &left).expect("encode");
         assert_eq!(decode_room(s.as_bytes()).expect("decode"), left);
+    }
+
+    #[test]
+    fn broadcasts_round_trip_with_their_audience() {
+        let msg = DirectMessage {
+            from: "$admin".into(),
+            data: json!({"text": "restart"}).into(),
+            ts: 7,
+            mid: "m-2".into(),
+        };
+        for audience in [Audience::All, Audience::Tenant("acme".into())] {
+            let s = encode_broadcast("i-1", &audience, &msg).expect("encode");
+            assert!(s.starts_with(&origin_prefix("i-1")));
+            let back: GlobalIn = serde_json::from_str(&s).expect("decode");
+            assert_eq!(back.into_broadcast(), Some((audience, msg.clone())));
+        }
+        let gone: GlobalIn = serde_json::from_str(&encode_gone("i-1", "i-2")).expect("decode");
+        assert_eq!(gone.into_broadcast(), None);
     }
 
     #[test]
