@@ -49,7 +49,7 @@ export interface Options {
   /** Backoff: attempt n waits a random time in [0, min(maxBackoffMs, backoffMs * 2^n)) (defaults 1000, 30000). */
   backoffMs?: number;
   maxBackoffMs?: number;
-  /** Stop after this many attempts in a row that did not connect (default: never). */
+  /** Stop after this many retries in a row that did not connect (default: never). */
   giveUpAfter?: number;
   /** Accept `batch` events (default true; they are unpacked in order). */
   batch?: boolean;
@@ -160,6 +160,8 @@ export class Roomcast {
       this.attempt = 0;
       this.open();
     }
+    // A caller that does not wait for it must not get an unhandled rejection.
+    done.catch(() => {});
     return done;
   }
 
@@ -298,7 +300,12 @@ export class Roomcast {
     if (token && expired(token)) return this.ended(401, "the token has expired");
     const query = [token && "token=" + token, o.batch !== false && "batch=1"].filter(Boolean).join("&");
     const Socket = o.WebSocket ?? (globalThis as unknown as { WebSocket: SocketConstructor }).WebSocket;
-    const ws = new Socket(query ? url + (url.includes("?") ? "&" : "?") + query : url, [this.codec.subprotocol]);
+    let ws: SocketLike;
+    try {
+      ws = new Socket(query ? url + (url.includes("?") ? "&" : "?") + query : url, [this.codec.subprotocol]);
+    } catch (err) {
+      return this.ended(1006, "cannot open a WebSocket: " + err);
+    }
     let status = 0;
     ws.binaryType = "arraybuffer";
     this.ws = ws;

@@ -293,3 +293,14 @@ test("batches are unpacked in order; repeated queued direct messages are dropped
   await sleep(100);
   assert.deepEqual(seen, ["message:m1", "joined:b", "presence_diff:3", "direct:q1", "direct:d1", "broadcast:b1", "left:b"]);
 });
+
+test("giveUpAfter ends the attempts; connect() rejects", async () => {
+  const f = await fake();
+  f.refuse = 503;
+  const c = client({ url: f.url, token: token("u"), backoffMs: 10, giveUpAfter: 3 });
+  const states = record(c, "state");
+  await assert.rejects(c.connect(), { code: "closed" });
+  assert.equal(f.upgrades, 4, "the first attempt and three more");
+  assert.deepEqual(states.at(-1), { state: "disconnected", code: 503, reason: "upgrade refused with HTTP 503", willReconnect: false });
+  assert.equal(c.status, "closed");
+});
