@@ -59,10 +59,10 @@ def data(value):
     return value
 
 
-def client(op, id=None, room=None, to=None, payload=None):
+def client(op, id=None, room=None, to=None, payload=None, cmd=None):
     """A ClientFrame: fields in declaration order, absent ones left out."""
     frame = {"op": op}
-    for key, value in (("id", id), ("room", room), ("to", to)):
+    for key, value in (("id", id), ("room", room), ("to", to), ("cmd", cmd)):
         if value is not None:
             frame[key] = value
     if payload is not None:
@@ -158,7 +158,46 @@ CLIENT = [
     ("ping_no_id", client("ping")),
     ("ping_max_num_id", client("ping", id=U64_MAX)),
     ("ping_max_str_id", client("ping", id=ID_64)),
+    ("join_admin_stats", client("join", id=20, room="$admin:stats")),
+    ("leave_admin_stats_no_id", client("leave", room="$admin:stats")),
+    ("admin_kick_user", client("admin", id=21, cmd="kick_user", payload={"user": "bob", "reason": "spam"})),
+    ("admin_rooms_str_id", client("admin", id="rooms-1", cmd="rooms", payload={"cursor": "0", "limit": 100})),
+    ("admin_instances_no_id", client("admin", cmd="instances")),
 ]
+
+STATS = {
+    "ts": TS,
+    "interval_ms": 2000,
+    "instances": [
+        {
+            "id": "i-eu-1",
+            "address": "10.0.0.5:8080",
+            "version": "0.1.0",
+            "uptime_s": 3600,
+            "draining": False,
+            "connections": 1200,
+            "users": 1100,
+            "rooms": 80,
+            "msgs_in_per_s": 150.5,
+            "msgs_out_per_s": 150.5,
+            "deliveries_per_s": 9000.0,
+            "direct_per_s": 2.0,
+            "offline_depth": 12,
+            "slow_consumer_closes": 1,
+            "slow_consumer_drops": 0,
+            "bus": {"mode": "cluster", "connected": True, "ready": True, "reconnects": 0, "lagged": 0, "outbox": 0},
+            "outbox": 0,
+            "rss_bytes": 52428800,
+            "cpu_percent": 12.5,
+            "ts": TS,
+        }
+    ],
+    "totals": {"instances": 1, "connections": 1200.0, "deliveries_per_s": 9000.0},
+    "top_rooms": {
+        "by_members": [{"tenant": "", "room": "lobby", "members": 900}],
+        "by_rate": [{"tenant": "t1", "room": "encounter:42", "msgs_per_s": 40.0}],
+    },
+}
 
 SERVER = [
     (
@@ -202,6 +241,10 @@ SERVER = [
     ("error_rate_limited", error("rate_limited", "over 50 ops/s")),
     ("error_too_many_rooms", error("too_many_rooms", "already in 100 rooms", id=12)),
     ("error_unavailable", error("unavailable", "the bus is unavailable, retry", id=13)),
+    ("error_not_found", error("not_found", "no such instance", id=21)),
+    ("stats", {"ev": "stats", "data": data(STATS)}),
+    ("admin_result_num_id", {"ev": "admin", "id": 21, "cmd": "kick_user", "result": data({"user": "bob", "tenant": "", "kicked_here": 1, "instances_told": 1})}),
+    ("admin_result_no_id", {"ev": "admin", "cmd": "drain", "result": data({"instance": "i-eu-1", "draining": True})}),
     ("joined", joined("encounter:42", "alice", 3)),
     ("left", joined("encounter:42", "bob", 2, kind="left")),
     ("left_empty", joined("lobby", "alice", 0, kind="left")),

@@ -34,6 +34,11 @@ impl Identity {
         }
     }
 
+    /// Whether the token carries role `admin`.
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin")
+    }
+
     /// Whether the token allows joining `room`.
     pub fn may_join(&self, room: &str) -> bool {
         match &self.rooms {

@@ -27,6 +27,7 @@ pub mod redis_defaults {
     /// two-instance bench (16,000 messages/s on two shared cores) lost
     /// messages at 256 and none at 1,024.
     pub const SUBSCRIBER_BUFFER: usize = 8_192;
+    pub const ROUTE_CACHE: usize = 100_000;
     pub const RECONNECT_MIN_MS: u64 = 100;
     pub const RECONNECT_MAX_MS: u64 = 5_000;
     pub const STARTUP_WAIT_MS: u64 = 10_000;
@@ -277,6 +278,10 @@ pub struct ServeArgs {
         default_value_t = redis_defaults::SUBSCRIBER_BUFFER
     )]
     pub redis_subscriber_buffer: usize,
+    /// Cluster: users whose instances a sender remembers, so a direct message
+    /// to them is a plain PUBLISH instead of a script run (0 turns it off).
+    #[arg(long, env = "ROOMCAST_REDIS_ROUTE_CACHE", default_value_t = redis_defaults::ROUTE_CACHE)]
+    pub redis_route_cache: usize,
     /// Cluster: first reconnect delay (doubling, retried forever).
     #[arg(long, env = "ROOMCAST_REDIS_RECONNECT_MIN_MS", default_value_t = redis_defaults::RECONNECT_MIN_MS)]
     pub redis_reconnect_min_ms: u64,
@@ -286,6 +291,16 @@ pub struct ServeArgs {
     /// Cluster: how long start-up waits for Redis before listening not-ready.
     #[arg(long, env = "ROOMCAST_REDIS_STARTUP_WAIT_MS", default_value_t = redis_defaults::STARTUP_WAIT_MS)]
     pub redis_startup_wait_ms: u64,
+    /// Admin: interval of the stats channel's `stats` events, in milliseconds.
+    #[arg(
+        long,
+        env = "ROOMCAST_ADMIN_STATS_INTERVAL_MS",
+        default_value_t = 2_000
+    )]
+    pub admin_stats_interval_ms: u64,
+    /// Admin: how many of the busiest rooms (by members and by message rate) the stats list.
+    #[arg(long, env = "ROOMCAST_ADMIN_TOP_ROOMS", default_value_t = 10)]
+    pub admin_top_rooms: usize,
     /// joined/left are broadcast only in rooms of at most this many users (0: never).
     #[arg(long, env = "ROOMCAST_PRESENCE_EVENTS_MAX", default_value_t = 1000)]
     pub presence_events_max: u64,
@@ -406,6 +421,15 @@ pub struct Config {
     pub offline: OfflineConfig,
     pub shutdown: ShutdownConfig,
     pub redis: Option<RedisConfig>,
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Interval of `stats` events (and of gathering, while watched).
+    pub stats_interval: Duration,
+    /// Busiest rooms listed, per ranking.
+    pub top_rooms: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -460,6 +484,7 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     pub outbox_max: usize,
     pub subscriber_buffer: usize,
+    pub route_cache: usize,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub startup_wait: Duration,
@@ -504,6 +529,11 @@ impl TryFrom<ServeArgs> for Config {
             ));
         }
         positive("ping-interval-ms", a.ping_interval_ms)?;
+        if a.admin_stats_interval_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "admin-stats-interval-ms must be at least 100".into(),
+            ));
+        }
         if a.jwt_secret.is_none() && a.jwt_public_key.is_none() && !a.allow_anonymous {
             return Err(ConfigError::Invalid(
                 "no way to authenticate: set ROOMCAST_JWT_SECRET, --jwt-public-key, or --allow-anonymous for development".into(),
@@ -588,6 +618,10 @@ impl TryFrom<ServeArgs> for Config {
                 drain: Duration::from_secs(a.drain_s),
                 deadline: Duration::from_secs(a.shutdown_deadline_s),
             },
+            admin: AdminConfig {
+                stats_interval: Duration::from_millis(a.admin_stats_interval_ms),
+                top_rooms: a.admin_top_rooms.min(1000),
+            },
             redis: a.redis.filter(|u| !u.is_empty()).map(|url| RedisConfig {
                 url,
                 prefix: a.redis_prefix,
@@ -597,6 +631,7 @@ impl TryFrom<ServeArgs> for Config {
                 command_timeout: Duration::from_millis(a.redis_command_timeout_ms),
                 outbox_max: a.redis_outbox_max,
                 subscriber_buffer: a.redis_subscriber_buffer,
+                route_cache: a.redis_route_cache,
                 reconnect_min: Duration::from_millis(a.redis_reconnect_min_ms),
                 reconnect_max: Duration::from_millis(a.redis_reconnect_max_ms),
                 startup_wait: Duration::from_millis(a.redis_startup_wait_ms),

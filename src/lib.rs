@@ -18,7 +18,9 @@
 //! - [`slots`]: per-instance and per-user connection slots.
 //! - [`server`]: HTTP routes and the WebSocket upgrade; [`shutdown`].
 //! - [`metrics`]: Prometheus names.
+//! - [`admin`]: the stats channel, admin commands, `/admin/api` and the dashboard.
 
+pub mod admin;
 pub mod auth;
 pub mod bus;
 pub mod config;

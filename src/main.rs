@@ -173,6 +173,8 @@ async fn serve(config: Config, verifier: Verifier) -> Result<(), Fatal> {
         .local_addr()
         .context("cannot read the listening address")?;
     let node = Arc::new(Node::new(config, hub, bus, verifier, handle));
+    let _ = node.admin.address.set(addr.to_string());
+    tokio::spawn(roomcast::admin::run(node.clone()));
 
     let sweeper = node.clone();
     tokio::spawn(async move {

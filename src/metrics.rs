@@ -89,7 +89,9 @@ impl Metric {
 }
 
 /// Client operations, in the order of [`op_received`]'s index.
-pub const OPS: [&str; 6] = ["join", "leave", "publish", "send", "presence", "ping"];
+pub const OPS: [&str; 7] = [
+    "join", "leave", "publish", "send", "presence", "ping", "admin",
+];
 
 /// Every `reason` of `roomcast_upgrades_rejected_total` (the admission
 /// steps of `server`).
@@ -108,7 +110,7 @@ pub const OFFLINE_DROP_REASONS: [&str; 2] = ["cap", "ttl"];
 
 /// The `code` labels of `roomcast_errors_total`: every [`ErrorCode`]
 /// (a unit test holds the two together).
-const ERROR_LABELS: [&str; 9] = [
+const ERROR_LABELS: [&str; 10] = [
     "bad_frame",
     "unknown_op",
     "bad_request",
@@ -118,12 +120,13 @@ const ERROR_LABELS: [&str; 9] = [
     "too_many_rooms",
     "not_joined",
     "unavailable",
+    "not_found",
 ];
 
 /// The `code` labels of `roomcast_closes_total`: the close codes the server
 /// sends ([`CloseCode::ALL`], in its order).
-const CLOSE_LABELS: [&str; 8] = [
-    "1001", "1002", "1007", "1008", "1009", "1011", "4000", "4001",
+const CLOSE_LABELS: [&str; 9] = [
+    "1001", "1002", "1007", "1008", "1009", "1011", "4000", "4001", "4002",
 ];
 
 /// The `codec` labels of `roomcast_encodes_total`, in [`Codec::index`] order.
@@ -253,7 +256,7 @@ struct Hot {
     room_events: Counter,
     room_encodes: Counter,
     encodes: [Counter; 2],
-    ops: [Counter; 6],
+    ops: [Counter; 7],
 }
 
 static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
@@ -339,6 +342,7 @@ mod tests {
             ErrorCode::TooManyRooms => 6,
             ErrorCode::NotJoined => 7,
             ErrorCode::Unavailable => 8,
+            ErrorCode::NotFound => 9,
         }
     }
 
@@ -355,6 +359,7 @@ mod tests {
             ErrorCode::TooManyRooms,
             ErrorCode::NotJoined,
             ErrorCode::Unavailable,
+            ErrorCode::NotFound,
         ];
         assert_eq!(codes.len(), ERROR_LABELS.len());
         for code in codes {

@@ -70,6 +70,8 @@ pub struct Node {
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     pub started: Instant,
+    /// The admin side: stats subscribers, kick reasons, admin drain.
+    pub admin: crate::admin::Admin,
     /// False once draining; `/ready` also asks the bus.
     accepting: AtomicBool,
     next_conn: AtomicU64,
@@ -106,6 +108,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started: Instant::now(),
+            admin: crate::admin::Admin::new(),
             accepting: AtomicBool::new(true),
             next_conn: AtomicU64::new(1),
             slots,
@@ -124,6 +127,13 @@ impl Node {
 
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Ordering::Relaxed);
+    }
+
+    /// Accepts upgrades again after an admin drain (never once shutdown began).
+    pub fn resume_accepting(&self) {
+        if !self.shutdown.is_cancelled() {
+            self.accepting.store(true, Ordering::Relaxed);
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -255,6 +265,7 @@ impl Node {
             ts: now_ms(),
             mid: self.next_mid(),
         };
+        self.admin.count_message(room);
         self.publish_event(room, RoomEvent::Message(msg)).await?;
         Ok(())
     }
@@ -323,6 +334,7 @@ impl Node {
 
     /// Removes a closed connection everywhere and tells its rooms.
     pub async fn disconnect(&self, conn: &Arc<ConnHandle>) {
+        self.admin.forget(conn.id);
         let rooms = self.hub.remove_conn(conn);
         self.bus.detach(&conn.user).await;
         for (room, change) in rooms {

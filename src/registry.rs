@@ -283,6 +283,20 @@ impl Registry {
         self.rooms.get(room).map_or(0, |m| m.users.len() as u64)
     }
 
+    /// Every local room with its number of distinct local users (admin
+    /// figures; never on a message's path).
+    pub fn room_user_counts(&self) -> Vec<(Arc<str>, u64)> {
+        self.rooms
+            .iter()
+            .map(|e| (e.key().clone(), e.users.len() as u64))
+            .collect()
+    }
+
+    /// Users with a connection or a connection slot on this instance.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
     /// Every local room with its distinct local users.
     pub fn memberships(&self) -> HashMap<Arc<str>, HashSet<Arc<str>>> {
         self.rooms
@@ -326,6 +340,11 @@ impl Registry {
             .get(&conn)
             .map(|e| e.rooms.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// One local connection by id.
+    pub fn conn(&self, id: ConnId) -> Option<Arc<ConnHandle>> {
+        self.conns.get(&id).map(|e| e.handle.clone())
     }
 
     /// A snapshot of every local connection (for drain and admin).

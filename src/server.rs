@@ -72,6 +72,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
+        .merge(crate::admin::http::routes())
         .with_state(node)
 }
 

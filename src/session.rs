@@ -16,6 +16,15 @@ pub const MAX_ROOM_LEN: usize = 128;
 /// Longest user id in a `send`, in bytes (same as a token's `sub`).
 pub const MAX_USER_LEN: usize = 256;
 
+/// The admin stats channel: a reserved name (`$` is never part of a room
+/// name) that only role-`admin` tokens without a tenant may join, and that
+/// nobody may publish to.
+pub const ADMIN_STATS_ROOM: &str = "$admin:stats";
+
+fn forbidden(text: &str) -> Refusal {
+    Refusal::Error(ErrorCode::Forbidden, text.into())
+}
+
 /// Room names: 1 to 128 bytes of `A-Z a-z 0-9 : _ - .`.
 pub fn valid_room_name(name: &str) -> bool {
     !name.is_empty()
@@ -44,12 +53,33 @@ fn check_data(data: &Data) -> Result<(), Refusal> {
 /// A validated, permitted command with tenant-scoped keys.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Join { room: Arc<str> },
-    Leave { room: Arc<str> },
-    Publish { room: Arc<str>, data: Data },
-    Send { to: Arc<str>, data: Data },
-    Presence { room: Arc<str> },
+    Join {
+        room: Arc<str>,
+    },
+    Leave {
+        room: Arc<str>,
+    },
+    Publish {
+        room: Arc<str>,
+        data: Data,
+    },
+    Send {
+        to: Arc<str>,
+        data: Data,
+    },
+    Presence {
+        room: Arc<str>,
+    },
     Ping,
+    /// Join the admin stats channel.
+    StatsSubscribe,
+    /// Leave the admin stats channel.
+    StatsUnsubscribe,
+    /// An admin command, still to be parsed (`admin::commands`).
+    Admin {
+        cmd: String,
+        args: Data,
+    },
 }
 
 /// Why a request is refused.
@@ -141,7 +171,39 @@ impl Session {
             }
             Ok(scoped(tenant, room))
         };
+        let is_admin = self.identity.is_admin();
+        let global_admin = is_admin && tenant.is_empty();
+        match &op {
+            ClientOp::Join { room } if room == ADMIN_STATS_ROOM => {
+                return if global_admin {
+                    Ok(Command::StatsSubscribe)
+                } else {
+                    Err(forbidden(
+                        "the stats channel needs an admin token without a tenant",
+                    ))
+                };
+            }
+            ClientOp::Leave { room } if room == ADMIN_STATS_ROOM => {
+                return if global_admin {
+                    Ok(Command::StatsUnsubscribe)
+                } else {
+                    Err(forbidden("not an admin"))
+                };
+            }
+            ClientOp::Publish { room, .. } | ClientOp::Presence { room }
+                if room == ADMIN_STATS_ROOM =>
+            {
+                return Err(forbidden("nobody publishes to the stats channel"));
+            }
+            _ => {}
+        }
         Ok(match op {
+            ClientOp::Admin { cmd, args } => {
+                if !is_admin {
+                    return Err(forbidden("admin operations need role admin"));
+                }
+                Command::Admin { cmd, args }
+            }
             ClientOp::Join { room } => {
                 let key = room_key(&room)?;
                 if !self.identity.may_join(&room) {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::conn::handle::{ConnHandle, Outbound};
 use crate::fanout;
@@ -55,23 +56,8 @@ const SWEEP: Duration = Duration::from_millis(250);
 /// task has ended. The listener stays up meanwhile, answering `503`.
 pub async fn drain(node: &Arc<Node>) {
     node.stop_accepting();
-    let conns = node.registry.all_conns();
-    let drain = node.config.shutdown.drain;
-    let n = conns.len();
-    tracing::info!(connections = n, ?drain, "draining");
-    let start = Instant::now();
-    let mut told = HashSet::with_capacity(n);
-    let len = slice_len(n, drain, TICK);
-    for (k, slice) in conns.chunks(len).enumerate() {
-        // Sleeping until each slice's own time keeps a slow slice from
-        // pushing the later ones past the drain period.
-        tokio::time::sleep_until(start + TICK * k as u32).await;
-        for (j, conn) in slice.iter().enumerate() {
-            let i = k * len + j;
-            told.insert(conn.id);
-            tell(conn, reconnect_after_ms(i, n, drain));
-        }
-    }
+    let mut told = HashSet::new();
+    tell_slices(node, &mut told, &CancellationToken::new()).await;
     // Upgrades admitted just before `stop_accepting` register after the
     // snapshot above: tell them too, until every connection task has ended.
     node.tracker.close();
@@ -81,13 +67,59 @@ pub async fn drain(node: &Arc<Node>) {
     loop {
         tokio::select! {
             () = &mut all_ended => return,
-            _ = sweep.tick() => {
-                for conn in node.registry.all_conns() {
-                    if told.insert(conn.id) {
-                        tell(&conn, LATE_AFTER_MS + conn.id % 1000);
-                    }
-                }
-            }
+            _ = sweep.tick() => tell_late(node, &mut told),
+        }
+    }
+}
+
+/// An admin drain: the same hints and closes as [`drain`], while the
+/// process goes on (not ready, refusing upgrades) until an undrain
+/// cancels `stop`. Late registrations are looked for during one drain
+/// period after the last slice.
+pub async fn tell_all(node: &Arc<Node>, stop: &CancellationToken) {
+    let mut told = HashSet::new();
+    tell_slices(node, &mut told, stop).await;
+    let mut sweep = tokio::time::interval(SWEEP);
+    let until = Instant::now() + node.config.shutdown.drain.max(SWEEP * 4);
+    while Instant::now() < until {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = sweep.tick() => tell_late(node, &mut told),
+        }
+    }
+}
+
+/// Tells every registered connection to reconnect, a slice every [`TICK`],
+/// so the last slice goes before the drain period is over. Stops early
+/// when `stop` is cancelled.
+async fn tell_slices(node: &Arc<Node>, told: &mut HashSet<u64>, stop: &CancellationToken) {
+    let conns = node.registry.all_conns();
+    let drain = node.config.shutdown.drain;
+    let n = conns.len();
+    tracing::info!(connections = n, ?drain, "draining");
+    let start = Instant::now();
+    told.reserve(n);
+    let len = slice_len(n, drain, TICK);
+    for (k, slice) in conns.chunks(len).enumerate() {
+        // Sleeping until each slice's own time keeps a slow slice from
+        // pushing the later ones past the drain period.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep_until(start + TICK * k as u32) => {}
+        }
+        for (j, conn) in slice.iter().enumerate() {
+            let i = k * len + j;
+            told.insert(conn.id);
+            tell(conn, reconnect_after_ms(i, n, drain));
+        }
+    }
+}
+
+/// Tells connections that registered after the drain began.
+fn tell_late(node: &Node, told: &mut HashSet<u64>) {
+    for conn in node.registry.all_conns() {
+        if told.insert(conn.id) {
+            tell(&conn, LATE_AFTER_MS + conn.id % 1000);
         }
     }
 }

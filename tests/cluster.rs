@@ -569,3 +569,148 @@ async fn a_lost_registration_is_reasserted_without_a_reconnect() {
     })
     .await;
 }
+
+/// Sends `n` numbered direct messages from `from` to `user`, starting at `first`.
+async fn send_numbered(from: &mut Client, user: &str, first: i64, n: i64) {
+    for i in first..first + n {
+        from.send_to(user, json!(i)).await;
+    }
+}
+
+/// The next `n` direct messages' data and queued flags.
+async fn directs(c: &mut Client, n: usize) -> Vec<(Value, bool)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let got = c.recv_matching(|e| direct_data(e).is_some()).await;
+        let (_, data, queued) = direct_data(&got).expect("direct");
+        out.push((data, queued));
+    }
+    out
+}
+
+fn live(range: std::ops::Range<i64>) -> Vec<(Value, bool)> {
+    range.map(|i| (json!(i), false)).collect()
+}
+
+#[tokio::test]
+async fn direct_messages_to_a_known_user_skip_the_send_script() {
+    let redis = Redis::start().await;
+    let a = instance(&redis, "a", &[]).await;
+    let b = instance(&redis, "b", &[]).await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    send_numbered(&mut alice, "bob", 0, 20).await;
+    assert_eq!(directs(&mut bob, 20).await, live(0..20));
+    let (_, text) = http_get(&a.http("/metrics")).await;
+    // The first one ran the script and taught the cache; the others were
+    // one PUBLISH each.
+    let series = |r: &str| {
+        metric(
+            &text,
+            &format!("roomcast_redis_route_cache_total{{result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(
+        (series("miss"), series("hit"), series("stale")),
+        (1.0, 19.0, 0.0)
+    );
+
+    // Off: every message runs the script.
+    let c = instance(&redis, "c", &["--redis-route-cache", "0"]).await;
+    let mut carol = c.connect("carol").await;
+    send_numbered(&mut carol, "bob", 20, 3).await;
+    assert_eq!(directs(&mut bob, 3).await, live(20..23));
+    let hits = server_metric(&c, "roomcast_redis_route_cache_total{result=\"hit\"}").await;
+    assert_eq!(hits, 0.0);
+}
+
+#[tokio::test]
+async fn a_cached_route_learns_of_a_new_instance_of_the_user() {
+    let redis = Redis::start().await;
+    let a = instance(&redis, "a", &[]).await;
+    let b = instance(&redis, "b", &[]).await;
+    let c = instance(&redis, "c", &[]).await;
+    let mut alice = a.connect("alice").await;
+    let mut bob_b = b.connect("bob").await;
+    send_numbered(&mut alice, "bob", 0, 2).await;
+    assert_eq!(directs(&mut bob_b, 2).await, live(0..2));
+    // A second connection on another instance: a knows only b until the
+    // attach announces the new route.
+    let mut bob_c = c.connect("bob").await;
+    send_numbered(&mut alice, "bob", 2, 3).await;
+    assert_eq!(directs(&mut bob_b, 3).await, live(2..5));
+    assert_eq!(directs(&mut bob_c, 3).await, live(2..5));
+}
+
+#[tokio::test]
+async fn a_stale_cached_route_loses_and_repeats_nothing() {
+    let redis = Redis::start().await;
+    let a = instance(&redis, "a", &[]).await;
+    let b = instance(&redis, "b", &[]).await;
+    let mut alice = a.connect("alice").await;
+    let bob_b = b.connect("bob").await;
+    let mut bob_a = a.connect("bob").await;
+    send_numbered(&mut alice, "bob", 0, 2).await;
+    assert_eq!(directs(&mut bob_a, 2).await, live(0..2));
+    // Bob leaves b; a still routes to b from its cache once: b must neither
+    // queue it (a delivered it to bob there) nor send it back to a.
+    drop(bob_b);
+    eventually("bob's route on b removed", Duration::from_secs(5), || {
+        lines(&redis.cli(&["HKEYS", "rc:routes:{/bob}"])) == ["a"]
+    })
+    .await;
+    send_numbered(&mut alice, "bob", 2, 3).await;
+    assert_eq!(directs(&mut bob_a, 3).await, live(2..5));
+    bob_a
+        .expect_none(Duration::from_millis(500), |e| direct_data(e).is_some())
+        .await;
+    assert_eq!(last_line(&redis.cli(&["LLEN", "rc:offline:{/bob}"])), "0");
+
+    // Bob only on b again, then gone from it: the message routed from a's
+    // cache to b is queued by b, not lost.
+    let mut bob_b = b.connect("bob").await;
+    drop(bob_a);
+    eventually("bob only on b", Duration::from_secs(5), || {
+        lines(&redis.cli(&["HKEYS", "rc:routes:{/bob}"])) == ["b"]
+    })
+    .await;
+    send_numbered(&mut alice, "bob", 5, 2).await;
+    assert_eq!(directs(&mut bob_b, 2).await, live(5..7));
+    drop(bob_b);
+    eventually("bob offline", Duration::from_secs(5), || {
+        last_line(&redis.cli(&["HLEN", "rc:routes:{/bob}"])) == "0"
+    })
+    .await;
+    send_numbered(&mut alice, "bob", 7, 2).await;
+    let mut bob = a.connect("bob").await;
+    assert_eq!(
+        directs(&mut bob, 2).await,
+        vec![(json!(7), true), (json!(8), true)]
+    );
+    send_numbered(&mut alice, "bob", 9, 1).await;
+    assert_eq!(directs(&mut bob, 1).await, live(9..10));
+}
+
+#[tokio::test]
+async fn a_cached_route_to_a_killed_instance_queues_the_message() {
+    let redis = Redis::start().await;
+    let a = instance(&redis, "a", &[]).await;
+    let b = instance(&redis, "b", &[]).await;
+    let mut alice = a.connect("alice").await;
+    let mut bob = b.connect("bob").await;
+    send_numbered(&mut alice, "bob", 0, 2).await;
+    assert_eq!(directs(&mut bob, 2).await, live(0..2));
+    b.signal("KILL");
+    eventually("b's channel gone", Duration::from_secs(5), || {
+        last_line(&redis.cli(&["PUBSUB", "NUMSUB", "rc:instance:b"])) == "0"
+    })
+    .await;
+    send_numbered(&mut alice, "bob", 2, 2).await;
+    let mut bob = a.connect("bob").await;
+    assert_eq!(
+        directs(&mut bob, 2).await,
+        vec![(json!(2), true), (json!(3), true)]
+    );
+    let stale = server_metric(&a, "roomcast_redis_route_cache_total{result=\"stale\"}").await;
+    assert_eq!(stale, 1.0);
+}

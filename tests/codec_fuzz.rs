@@ -97,6 +97,7 @@ fn arb_frame() -> impl Strategy<Value = ClientFrame> {
             id,
             room,
             to,
+            cmd: None,
             data,
         })
 }

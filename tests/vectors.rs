@@ -14,7 +14,9 @@ const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/vectors.json")
 const SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/schema.json");
 
 /// Every op the server accepts.
-const OPS: [&str; 6] = ["join", "leave", "publish", "send", "presence", "ping"];
+const OPS: [&str; 7] = [
+    "join", "leave", "publish", "send", "presence", "ping", "admin",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +104,8 @@ fn kind(ev: &ServerEvent<'_>) -> &'static str {
         ServerEvent::Pong { .. } => "pong",
         ServerEvent::Reconnect { .. } => "reconnect",
         ServerEvent::Batch { .. } => "batch",
+        ServerEvent::Stats { .. } => "stats",
+        ServerEvent::Admin { .. } => "admin",
     }
 }
 

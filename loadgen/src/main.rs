@@ -13,6 +13,7 @@
 //! - `procstat`: CPU seconds and RSS from `/proc`.
 //! - `report`: the JSON line.
 
+mod admin;
 mod engine;
 mod procstat;
 mod report;
@@ -91,6 +92,10 @@ struct Cli {
     /// Free text copied into `detail.label`.
     #[arg(long)]
     label: Option<String>,
+    /// Keep one admin connection subscribed to the stats channel (on the
+    /// first --url) during the run.
+    #[arg(long)]
+    admin: bool,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -280,7 +285,23 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(cli.threads.max(1))
         .enable_all()
         .build()?;
-    let report = rt.block_on(run(&ctx, &cli.workload))?;
+    let report = rt.block_on(async {
+        let watcher = match cli.admin {
+            true => {
+                let first = ctx.targets.first().context("no --url")?;
+                Some(admin::watch(first, &cli.jwt_secret).await?)
+            }
+            false => None,
+        };
+        let mut report = run(&ctx, &cli.workload).await?;
+        if let Some(w) = watcher {
+            report
+                .detail
+                .insert("admin_stats_events".into(), w.stop().into());
+        }
+        report.detail.insert("admin".into(), cli.admin.into());
+        anyhow::Ok(report)
+    })?;
     let dead = ctx.dead_servers();
     if !dead.is_empty() {
         eprintln!("loadgen: server instance(s) {dead:?} are gone");

@@ -81,6 +81,11 @@ impl MemoryBus {
         self.offline.ack(user, upto);
     }
 
+    /// Messages waiting in every offline queue (admin figures).
+    pub fn offline_depth(&self) -> u64 {
+        self.offline.queues.iter().map(|q| q.len() as u64).sum()
+    }
+
     pub fn sweep(&self) {
         self.offline.sweep();
     }

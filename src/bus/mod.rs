@@ -257,6 +257,98 @@ impl Bus {
         }
     }
 
+    /// Where admin commands from other instances go (cluster mode).
+    pub fn admin_sink(&self, tx: tokio::sync::mpsc::Sender<crate::admin::Control>) {
+        if let Bus::Redis(b) = self {
+            b.admin_sink(tx);
+        }
+    }
+
+    /// Refreshes "an admin watches" when `local` (this instance has a
+    /// stats subscriber); whether anyone in the cluster watches.
+    pub async fn admin_watch(&self, local: bool, ttl: std::time::Duration) -> bool {
+        match self {
+            Bus::Memory(_) => local,
+            Bus::Redis(b) => Box::pin(b.admin_watch(local, ttl)).await,
+        }
+    }
+
+    /// Shares this instance's admin figures with the watching instances.
+    pub async fn admin_share(&self, stats: String, ttl: std::time::Duration) {
+        if let Bus::Redis(b) = self {
+            Box::pin(b.admin_share(stats, ttl)).await;
+        }
+    }
+
+    /// The admin figures every other live instance shared (JSON texts).
+    pub async fn admin_collect(&self) -> Vec<String> {
+        match self {
+            Bus::Memory(_) => Vec::new(),
+            Bus::Redis(b) => Box::pin(b.admin_collect()).await,
+        }
+    }
+
+    /// The heartbeat records of the live instances (cluster mode; `None`
+    /// standalone).
+    pub async fn heartbeats(&self) -> Option<Result<Vec<String>, BusError>> {
+        match self {
+            Bus::Memory(_) => None,
+            Bus::Redis(b) => Some(Box::pin(b.heartbeats()).await),
+        }
+    }
+
+    /// Whether another instance `id` is alive (always false standalone).
+    pub async fn instance_live(&self, id: &str) -> Result<bool, BusError> {
+        match self {
+            Bus::Memory(_) => Ok(false),
+            Bus::Redis(b) => Box::pin(b.instance_live(id)).await,
+        }
+    }
+
+    /// Sends an admin command to instance `target`, or to every instance;
+    /// how many received it (0 standalone).
+    pub async fn admin_publish(
+        &self,
+        target: Option<&str>,
+        control: &crate::admin::Control,
+    ) -> Result<u64, BusError> {
+        match self {
+            Bus::Memory(_) => Ok(0),
+            Bus::Redis(b) => Box::pin(b.admin_publish(target, control)).await,
+        }
+    }
+
+    /// One page of the cluster's rooms (cluster mode; `None` standalone,
+    /// where the registry holds every room).
+    pub async fn room_page(
+        &self,
+        prefix: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Option<Result<(Vec<(String, u64)>, String), BusError>> {
+        match self {
+            Bus::Memory(_) => None,
+            Bus::Redis(b) => Some(Box::pin(b.room_page(prefix, cursor, limit)).await),
+        }
+    }
+
+    /// A room's cluster-wide user count.
+    pub async fn room_user_count(&self, room: &str) -> Result<Option<u64>, BusError> {
+        match self {
+            Bus::Memory(_) => Ok(None),
+            Bus::Redis(b) => Box::pin(b.room_user_count(room)).await.map(Some),
+        }
+    }
+
+    /// Messages waiting in offline queues, when this instance holds them
+    /// (standalone; in cluster mode they live in Redis).
+    pub fn offline_depth(&self) -> Option<u64> {
+        match self {
+            Bus::Memory(b) => Some(b.offline_depth()),
+            Bus::Redis(_) => None,
+        }
+    }
+
     /// Periodic housekeeping (expired offline messages).
     pub fn sweep(&self) {
         match self {

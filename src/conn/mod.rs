@@ -115,7 +115,11 @@ pub fn serve(
         if let (Some(code), true) = (code, ours) {
             metrics::closed_with(code);
         }
-        Box::pin(socket.close(code, ours, rest)).await;
+        let reason = match code {
+            Some(4002) => node.admin.take_kick_reason(handle.id),
+            _ => None,
+        };
+        Box::pin(socket.close(code, reason.as_deref(), ours, rest)).await;
         metrics::connection_closed();
         slot.release(&handle.user);
     }
@@ -178,7 +182,12 @@ async fn handle_frame(node: &Node, conn: &Arc<ConnHandle>, session: &mut Session
         Ok(c) => c,
         Err(refusal) => return refuse(conn, id.as_ref(), refusal),
     };
-    let result = run(node, conn, command, id.as_ref()).await;
+    let result = match command {
+        Command::Admin { cmd, args } => {
+            admin_op(node, conn, &session.identity, &cmd, args, id.as_ref()).await
+        }
+        command => run(node, conn, command, id.as_ref()).await,
+    };
     match (result, id) {
         (Ok(Done::Ack), Some(id)) => reply(conn, &ServerEvent::Ack { id: Cow::Owned(id) }),
         (Ok(_), _) => {}
@@ -192,6 +201,35 @@ enum Done {
     Ack,
     /// The command sent its own answer (`pong`, `presence`).
     Replied,
+}
+
+/// Runs an `admin` op and answers with an `admin` event.
+async fn admin_op(
+    node: &Node,
+    conn: &ConnHandle,
+    who: &Identity,
+    cmd: &str,
+    args: crate::protocol::Data,
+    id: Option<&ReqId>,
+) -> Result<Done, OpError> {
+    let args = serde_json::from_str(args.json()).unwrap_or(serde_json::Value::Null);
+    match crate::admin::commands::execute(node, who, cmd, args, "ws").await {
+        Ok(result) => {
+            reply(
+                conn,
+                &ServerEvent::Admin {
+                    id: id.map(Cow::Borrowed),
+                    cmd: Cow::Borrowed(cmd),
+                    result: Cow::Owned(result.into()),
+                },
+            );
+            Ok(Done::Replied)
+        }
+        Err(e) => Err(OpError {
+            code: e.code,
+            text: e.text,
+        }),
+    }
 }
 
 /// Runs a command.
@@ -233,6 +271,22 @@ async fn run(
             );
             Ok(Done::Replied)
         }
+        Command::StatsSubscribe => {
+            node.admin.subscribe(conn);
+            Ok(Done::Ack)
+        }
+        Command::StatsUnsubscribe => {
+            if node.admin.unsubscribe(conn.id) {
+                Ok(Done::Ack)
+            } else {
+                Err(OpError {
+                    code: crate::protocol::ErrorCode::NotJoined,
+                    text: "not subscribed to the stats channel".into(),
+                })
+            }
+        }
+        // Run by `handle_frame`, which holds the issuer's identity.
+        Command::Admin { .. } => Ok(Done::Replied),
     }
 }
 
@@ -269,6 +323,7 @@ fn op_index(op: &ClientOp) -> usize {
         ClientOp::Send { .. } => 3,
         ClientOp::Presence { .. } => 4,
         ClientOp::Ping => 5,
+        ClientOp::Admin { .. } => 6,
     }
 }
 

@@ -264,7 +264,14 @@ impl Socket {
     /// the close frame is not lost to a reset.
     ///
     /// Called after the outbox was shut, so the socket is the task's alone.
-    pub async fn close(mut self, code: Option<u16>, linger: bool, rest: Option<Bytes>) {
+    /// `reason` replaces the code's own reason text (a kick's).
+    pub async fn close(
+        mut self,
+        code: Option<u16>,
+        reason: Option<&str>,
+        linger: bool,
+        rest: Option<Bytes>,
+    ) {
         let started = self.write.started(rest);
         let Ok(mut stream) = Arc::try_unwrap(self.stream) else {
             // Still shared (it should not be): dropping the last reference
@@ -277,7 +284,7 @@ impl Socket {
             return reset(stream);
         }
         if let Some(code) = code {
-            let frame = ws::close_frame(code, CloseCode::reason_of(code));
+            let frame = ws::close_frame(code, reason.unwrap_or(CloseCode::reason_of(code)));
             if !write_within(&mut stream, &frame, CLOSE_TIMEOUT).await {
                 return reset(stream);
             }

@@ -26,6 +26,9 @@ pub enum ErrorCode {
     NotJoined,
     /// The server cannot take the message now (e.g. the bus is down); retry.
     Unavailable,
+    /// An admin command named an instance, room, user or connection that
+    /// does not exist.
+    NotFound,
 }
 
 impl ErrorCode {
@@ -40,6 +43,7 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::NotJoined => "not_joined",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotFound => "not_found",
         }
     }
 }
@@ -63,10 +67,12 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4001: no frame or pong from the client for two keepalive intervals.
     KeepaliveTimeout,
+    /// 4002: an administrator kicked the connection; do not reconnect at once.
+    Kicked,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 8] = [
+    pub const ALL: [CloseCode; 9] = [
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
         CloseCode::InvalidPayload,
@@ -75,6 +81,7 @@ impl CloseCode {
         CloseCode::InternalError,
         CloseCode::SlowConsumer,
         CloseCode::KeepaliveTimeout,
+        CloseCode::Kicked,
     ];
 
     /// The reason text sent with `code` (empty for codes the server does
@@ -96,6 +103,7 @@ impl CloseCode {
             CloseCode::InternalError => 1011,
             CloseCode::SlowConsumer => 4000,
             CloseCode::KeepaliveTimeout => 4001,
+            CloseCode::Kicked => 4002,
         }
     }
 
@@ -109,6 +117,7 @@ impl CloseCode {
             CloseCode::InternalError => "internal error",
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::KeepaliveTimeout => "keepalive timeout",
+            CloseCode::Kicked => "kicked",
         }
     }
 }

@@ -92,6 +92,9 @@ pub struct ClientFrame {
     pub room: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// The command of an `admin` op (PROTOCOL.md §10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Data>,
 }
@@ -119,6 +122,11 @@ impl ClientFrame {
         self
     }
 
+    pub fn cmd(mut self, cmd: &str) -> Self {
+        self.cmd = Some(cmd.to_owned());
+        self
+    }
+
     pub fn data(mut self, data: impl Into<Data>) -> Self {
         self.data = Some(data.into());
         self
@@ -140,12 +148,29 @@ impl From<&str> for ReqId {
 /// A validated client operation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientOp {
-    Join { room: String },
-    Leave { room: String },
-    Publish { room: String, data: Data },
-    Send { to: String, data: Data },
-    Presence { room: String },
+    Join {
+        room: String,
+    },
+    Leave {
+        room: String,
+    },
+    Publish {
+        room: String,
+        data: Data,
+    },
+    Send {
+        to: String,
+        data: Data,
+    },
+    Presence {
+        room: String,
+    },
     Ping,
+    /// An administrator's command; `args` is the frame's `data`.
+    Admin {
+        cmd: String,
+        args: Data,
+    },
 }
 
 /// A validated operation with the client's request id.
@@ -212,6 +237,10 @@ impl ClientFrame {
                 room: need(self.room, "room")?,
             },
             "ping" => ClientOp::Ping,
+            "admin" => ClientOp::Admin {
+                cmd: need(self.cmd, "cmd")?,
+                args: self.data.unwrap_or_else(Data::null),
+            },
             _ => {
                 // Cut on a character boundary: `String::truncate` panics inside one.
                 let shown = &op_name[..op_name.floor_char_boundary(32)];
@@ -314,5 +343,19 @@ pub enum ServerEvent<'a> {
     },
     Batch {
         events: Vec<ServerEvent<'a>>,
+    },
+    /// The cluster's figures, to connections subscribed to the admin
+    /// stats channel.
+    Stats {
+        #[serde(deserialize_with = "deserialize_via_value")]
+        data: Cow<'a, Data>,
+    },
+    /// The answer to an `admin` op.
+    Admin {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Cow<'a, ReqId>>,
+        cmd: Cow<'a, str>,
+        #[serde(deserialize_with = "deserialize_via_value")]
+        result: Cow<'a, Data>,
     },
 }

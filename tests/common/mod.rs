@@ -493,7 +493,8 @@ pub fn answers(e: &Event, id: u64) -> bool {
         ServerEvent::Ack { id } => **id == want,
         ServerEvent::Error { id: Some(i), .. }
         | ServerEvent::Pong { id: Some(i) }
-        | ServerEvent::Presence { id: Some(i), .. } => **i == want,
+        | ServerEvent::Presence { id: Some(i), .. }
+        | ServerEvent::Admin { id: Some(i), .. } => **i == want,
         _ => false,
     }
 }

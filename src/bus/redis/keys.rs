@@ -18,6 +18,8 @@
 //! | `P:offline-seq:{<user>}` | string | last sequence number of the user's queue |
 //! | `P:reap-lock:<id>` | string, PX | which survivor is reaping the dead instance `<id>` |
 //! | `P:reaped:<id>` | string, PX 1 day | the instance was reaped (its users announced as gone) |
+//! | `P:admin:watch` | string, PX | some instance has a local admin stats subscriber |
+//! | `P:admin:stats:<id>` | string, PX | the instance's admin figures as JSON, while watched |
 //!
 //! Channels: `P:room:<room>` (room events), `P:instance:<id>` (direct
 //! messages for users on that instance) and `P:global`.
@@ -95,6 +97,19 @@ impl Keys {
 
     pub fn reaped(&self, id: &str) -> String {
         format!("{}:reaped:{id}", self.prefix)
+    }
+
+    pub fn admin_watch(&self) -> String {
+        format!("{}:admin:watch", self.prefix)
+    }
+
+    pub fn admin_stats(&self, id: &str) -> String {
+        format!("{}:admin:stats:{id}", self.prefix)
+    }
+
+    /// The prefix of every presence key; the rest is the scoped room.
+    pub fn presence_prefix(&self) -> String {
+        format!("{}:presence:", self.prefix)
     }
 
     pub fn room_channel(&self, room: &str) -> String {

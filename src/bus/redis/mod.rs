@@ -26,6 +26,7 @@
 //!   user's route, or is queued, or waits in the bounded outbox, or its
 //!   sender gets `unavailable`. Never silently nothing.
 
+mod control;
 mod converge;
 mod heartbeat;
 pub mod keys;
@@ -61,7 +62,7 @@ use crate::offline::Queued;
 use converge::Converger;
 use keys::Keys;
 use offline::HeldDirects;
-use routes::Epochs;
+use routes::{Epochs, RouteCache};
 use scripts::Scripts;
 
 /// Timings and sizes of cluster mode. Defaults follow the spec (heartbeat
@@ -87,6 +88,9 @@ pub struct RedisTuning {
     /// Capacity of fred's pub/sub broadcast channel (messages in flight
     /// between the socket reader and the receive loop).
     pub subscriber_buffer: usize,
+    /// Users whose routes a sender keeps (0: every direct message runs
+    /// the send script).
+    pub route_cache: usize,
     /// How long `serve` waits for the first sync before listening anyway
     /// (not ready).
     pub startup_wait: Duration,
@@ -103,6 +107,7 @@ impl From<&RedisConfig> for RedisTuning {
             reconnect_max: c.reconnect_max,
             outbox_capacity: c.outbox_max,
             subscriber_buffer: c.subscriber_buffer,
+            route_cache: c.route_cache,
             startup_wait: c.startup_wait,
             ..RedisTuning::default()
         }
@@ -123,6 +128,7 @@ impl Default for RedisTuning {
             reconnect_max: Duration::from_millis(d::RECONNECT_MAX_MS),
             outbox_capacity: d::OUTBOX_MAX,
             subscriber_buffer: d::SUBSCRIBER_BUFFER,
+            route_cache: d::ROUTE_CACHE,
             startup_wait: Duration::from_millis(d::STARTUP_WAIT_MS),
         }
     }
@@ -170,9 +176,13 @@ pub(crate) struct Shared {
     /// This instance's presence records, converging on the registry.
     presence: Converger<(Arc<str>, Arc<str>)>,
     epochs: Epochs,
+    route_cache: RouteCache,
     outbox: HeldDirects,
     /// Prefix of room payloads this instance published.
     own_prefix: String,
+    /// Where admin commands from other instances go (the admin task's
+    /// queue), set once when that task starts.
+    control: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::admin::Control>>,
     started: Instant,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -249,6 +259,7 @@ impl RedisBus {
             own_prefix: wire::origin_prefix(instance_id),
             keys,
             outbox: HeldDirects::new(tuning.outbox_capacity),
+            route_cache: RouteCache::new(tuning.route_cache),
             tuning,
             offline_cfg,
             hub,
@@ -262,6 +273,7 @@ impl RedisBus {
             interest: Converger::new(),
             presence: Converger::new(),
             epochs: Epochs::new(),
+            control: std::sync::OnceLock::new(),
             started: Instant::now(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -353,6 +365,61 @@ impl RedisBus {
 
     pub fn is_ready(&self) -> bool {
         self.shared.is_ready()
+    }
+
+    /// Admin traffic across instances (see `control.rs`).
+    pub fn admin_sink(&self, tx: tokio::sync::mpsc::Sender<crate::admin::Control>) {
+        let _ = self.shared.control.set(tx);
+    }
+
+    pub async fn admin_watch(&self, local: bool, ttl: Duration) -> bool {
+        self.shared.admin_watch(local, ttl).await
+    }
+
+    pub async fn admin_share(&self, stats: String, ttl: Duration) {
+        self.shared.admin_share(stats, ttl).await
+    }
+
+    pub async fn admin_collect(&self) -> Vec<String> {
+        self.shared.admin_collect().await
+    }
+
+    pub async fn heartbeats(&self) -> Result<Vec<String>, BusError> {
+        self.shared.heartbeats().await
+    }
+
+    pub async fn instance_live(&self, id: &str) -> Result<bool, BusError> {
+        self.shared.instance_live(id).await
+    }
+
+    pub async fn admin_publish(
+        &self,
+        target: Option<&str>,
+        control: &crate::admin::Control,
+    ) -> Result<u64, BusError> {
+        self.shared.admin_publish(target, control).await
+    }
+
+    pub async fn room_page(
+        &self,
+        prefix: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<(Vec<(String, u64)>, String), BusError> {
+        self.shared.room_page(prefix, cursor, limit).await
+    }
+
+    pub async fn room_user_count(&self, room: &str) -> Result<u64, BusError> {
+        self.shared.room_user_count(room).await
+    }
+
+    /// Whether the bus is connected, and how many resyncs it ran.
+    pub fn connected(&self) -> bool {
+        self.shared.up()
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.shared.outbox.len()
     }
 
     /// Stops the background tasks, writes what the outbox holds, removes
@@ -473,7 +540,7 @@ pub mod metric {
     use crate::metrics::{Kind, Metric};
 
     /// Every `op` of `roomcast_redis_errors_total`.
-    pub const ERROR_OPS: [&str; 12] = [
+    pub const ERROR_OPS: [&str; 13] = [
         "publish",
         "broadcast",
         "subscribe",
@@ -486,6 +553,7 @@ pub mod metric {
         "heartbeat",
         "reaper",
         "resync",
+        "admin",
     ];
 
     /// Every `op` of `roomcast_redis_skipped_total`.
@@ -501,7 +569,7 @@ pub mod metric {
     ];
 
     /// Every metric of cluster mode.
-    pub const METRICS: [Metric; 9] = [
+    pub const METRICS: [Metric; 10] = [
         Metric {
             name: "roomcast_redis_ready",
             kind: Kind::Gauge,
@@ -551,6 +619,12 @@ pub mod metric {
             label: None,
         },
         Metric {
+            name: "roomcast_redis_route_cache_total",
+            kind: Kind::Counter,
+            help: "Direct messages to users elsewhere by route cache result: hit (published to the cached instances), stale (one no longer listened; forgotten), miss (the send script routed it).",
+            label: Some(("result", &["hit", "stale", "miss"])),
+        },
+        Metric {
             name: "roomcast_redis_reaped_instances_total",
             kind: Kind::Counter,
             help: "Dead instances this instance cleaned up after.",
@@ -574,6 +648,9 @@ pub mod metric {
     pub fn skipped(op: &'static str) {
         counter!("roomcast_redis_skipped_total", "op" => op).increment(1);
     }
+    pub fn route_cache(result: &'static str) {
+        counter!("roomcast_redis_route_cache_total", "result" => result).increment(1);
+    }
     pub fn bad_message() {
         counter!("roomcast_redis_bad_messages_total").increment(1);
     }
@@ -591,6 +668,22 @@ pub mod metric {
     }
     pub fn reaped() {
         counter!("roomcast_redis_reaped_instances_total").increment(1);
+    }
+}
+
+/// Cluster counters the admin figures read back from the Prometheus text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterSeries {
+    Resyncs,
+    Lagged,
+}
+
+/// Which admin-read cluster counter a Prometheus series is.
+pub fn cluster_series(series: &str) -> Option<ClusterSeries> {
+    match series {
+        "roomcast_redis_resyncs_total" => Some(ClusterSeries::Resyncs),
+        "roomcast_redis_lagged_total" => Some(ClusterSeries::Lagged),
+        _ => None,
     }
 }
 

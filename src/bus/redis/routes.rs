@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use fred::prelude::{Error as RedisError, SetsInterface, Value};
+use fred::prelude::{Error as RedisError, PubsubInterface, SetsInterface, Value};
 
 use super::{Shared, metric, unavailable, wire};
 use crate::bus::{BusError, DirectMessage, SendOutcome};
@@ -83,6 +83,57 @@ struct Sent {
     receivers: i64,
     queued: bool,
     dropped: i64,
+    /// The instances that received it.
+    reached: Vec<Arc<str>>,
+}
+
+/// The sending side's route cache: user -> the other instances that hold
+/// the user, learnt from the `SEND` script's answer, so that the next
+/// direct message to the user is one `PUBLISH` per instance instead of a
+/// script run. An entry is forgotten when a `PUBLISH` reaches no one (the
+/// instance died), when the receiver no longer holds the user (it routes
+/// the message again and answers `route_stale`), when the `ATTACH` script
+/// announces a new route beside the known ones (`route_added`), and
+/// entirely whenever the connection to Redis is lost (announcements may
+/// have been missed). Users unknown here (offline, or never sent to) always
+/// take the script, so offline queueing stays atomic with attaching.
+pub struct RouteCache {
+    /// DashMap: read by every sending connection, written on misses.
+    map: DashMap<Arc<str>, Arc<[Arc<str>]>>,
+    /// Entries kept at most; 0 turns the cache off.
+    max: usize,
+}
+
+impl RouteCache {
+    pub fn new(max: usize) -> Self {
+        RouteCache {
+            map: DashMap::new(),
+            max,
+        }
+    }
+
+    fn get(&self, user: &str) -> Option<Arc<[Arc<str>]>> {
+        self.map.get(user).map(|e| e.value().clone())
+    }
+
+    fn learn(&self, user: &Arc<str>, reached: Vec<Arc<str>>) {
+        if reached.is_empty() || self.max == 0 {
+            return;
+        }
+        if self.map.len() >= self.max && !self.map.contains_key(user) {
+            // Full: start over rather than track recency on the hot path.
+            self.map.clear();
+        }
+        self.map.insert(user.clone(), reached.into());
+    }
+
+    pub fn forget(&self, user: &str) {
+        self.map.remove(user);
+    }
+
+    pub fn clear(&self) {
+        self.map.clear();
+    }
 }
 
 impl Shared {
@@ -132,8 +183,29 @@ impl Shared {
             Ok(outcome) => return outcome,
             Err(msg) => msg,
         };
-        match self.run_send(user, &msg, local).await {
-            Ok(sent) => Ok(self.outcome(local, &sent)),
+        if let Some(route) = self.route_cache.get(user) {
+            match self.publish_cached(user, &msg, local, &route).await {
+                Ok(true) => return Ok(SendOutcome::Delivered),
+                // Nobody received it: the script routes or queues it.
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "direct message not routed; holding it");
+                    metric::error("send");
+                    self.mark_dirty();
+                    return self.outbox.hold(user, msg, local);
+                }
+            }
+        } else {
+            metric::route_cache("miss");
+        }
+        match self.run_send(user, &msg, local, "").await {
+            Ok(sent) => {
+                let outcome = self.outcome(local, &sent);
+                if !sent.queued {
+                    self.route_cache.learn(user, sent.reached);
+                }
+                Ok(outcome)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "direct message not routed; holding it");
                 metric::error("send");
@@ -157,16 +229,67 @@ impl Shared {
         }
     }
 
-    /// A direct message published to this instance's channel.
-    pub(super) fn deliver_remote_direct(self: &Arc<Self>, user: Arc<str>, msg: DirectMessage) {
+    /// Publishes to the cached route. True when some instance received it;
+    /// the entry is forgotten when one did not.
+    async fn publish_cached(
+        &self,
+        user: &Arc<str>,
+        msg: &DirectMessage,
+        local: bool,
+        route: &[Arc<str>],
+    ) -> Result<bool, RedisError> {
+        let payload = wire::encode_direct(self.id(), user, msg, local)
+            .map_err(|e| RedisError::new(fred::prelude::ErrorKind::Parse, e.to_string()))?;
+        let mut reached = 0;
+        for inst in route {
+            let n: i64 = self
+                .client
+                .publish(self.keys.instance_channel(inst), payload.as_str())
+                .await?;
+            if n > 0 {
+                reached += 1;
+            }
+        }
+        if reached == route.len() {
+            metric::route_cache("hit");
+        } else {
+            metric::route_cache("stale");
+            self.route_cache.forget(user);
+        }
+        Ok(reached > 0)
+    }
+
+    /// A direct message published to this instance's channel by `origin`
+    /// (which delivered it to its own connections of the user when `local`).
+    pub(super) fn deliver_remote_direct(
+        self: &Arc<Self>,
+        user: Arc<str>,
+        msg: DirectMessage,
+        origin: Option<String>,
+        local: bool,
+    ) {
         if self.hub.deliver_direct(&user, &msg) > 0 {
             return;
         }
         // The user's last connection here left after the sender read the
-        // route: route it again, without this instance, or queue it.
+        // route (from Redis or its cache): route it again, without this
+        // instance nor, when it delivered it already, the sender, or queue
+        // it; and tell the sender its cached route is stale.
         let shared = self.clone();
         self.tasks.spawn(async move {
-            match shared.run_send(&user, &msg, false).await {
+            let skip = origin.as_deref().filter(|_| local).unwrap_or("");
+            let sent = shared.run_send(&user, &msg, local, skip).await;
+            if let Some(origin) = origin.as_deref().filter(|o| *o != shared.id()) {
+                let notice = wire::encode_route(shared.id(), "route_stale", &user);
+                let r: Result<i64, _> = shared
+                    .client
+                    .publish(shared.keys.instance_channel(origin), notice)
+                    .await;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "cannot tell the sender its route is stale");
+                }
+            }
+            match sent {
                 Ok(sent) => {
                     shared.outcome(false, &sent);
                 }
@@ -233,6 +356,8 @@ impl Shared {
                     epoch.to_string(),
                     user.to_string(),
                     self.offline_cfg.ttl.as_millis().to_string(),
+                    k.global_channel(),
+                    wire::encode_route(self.id(), "route_added", user),
                 ],
             )
             .await?;
@@ -266,20 +391,22 @@ impl Shared {
         Ok(())
     }
 
-    /// Publishes to every other instance holding the user, or queues.
+    /// Publishes to every other instance holding the user (but `skip`), or
+    /// queues.
     async fn run_send(
         &self,
         user: &Arc<str>,
         msg: &DirectMessage,
         local: bool,
+        skip: &str,
     ) -> Result<Sent, RedisError> {
         let k = &self.keys;
-        let payload = wire::encode_direct(self.id(), user, msg)
+        let payload = wire::encode_direct(self.id(), user, msg, local)
             .map_err(|e| RedisError::new(fred::prelude::ErrorKind::Parse, e.to_string()))?;
         let body = serde_json::to_string(msg)
             .map_err(|e| RedisError::new(fred::prelude::ErrorKind::Parse, e.to_string()))?;
         let ttl = self.offline_cfg.ttl.as_millis() as u64;
-        let out: Vec<i64> = self
+        let out: Vec<Value> = self
             .scripts
             .send
             .run(
@@ -294,13 +421,20 @@ impl Shared {
                     self.offline_cfg.max_per_user.to_string(),
                     ttl.max(1).to_string(),
                     (ttl.saturating_mul(2) + 3_600_000).to_string(),
+                    skip.to_owned(),
                 ],
             )
             .await?;
+        let int = |i: usize| out.get(i).and_then(Value::as_i64).unwrap_or(0);
         Ok(Sent {
-            receivers: out.first().copied().unwrap_or(0),
-            queued: out.get(1).copied().unwrap_or(0) == 1,
-            dropped: out.get(2).copied().unwrap_or(0),
+            receivers: int(0),
+            queued: int(1) == 1,
+            dropped: int(2),
+            reached: out
+                .iter()
+                .skip(3)
+                .filter_map(|v| v.as_str().map(|s| Arc::from(&*s)))
+                .collect(),
         })
     }
 
@@ -311,7 +445,7 @@ impl Shared {
         msg: &DirectMessage,
         local: bool,
     ) -> Result<(), RedisError> {
-        let sent = self.run_send(user, msg, local).await?;
+        let sent = self.run_send(user, msg, local, "").await?;
         self.outcome(local, &sent);
         Ok(())
     }

@@ -37,19 +37,29 @@ end
 return dead
 ";
 
-/// KEYS: routes, offline, offline_seq. ARGV: own id, local ('1' when this
-/// instance delivered it itself), instance channel prefix, instance payload,
-/// message json, max queue length, queue ttl_ms, sequence ttl_ms.
+/// KEYS: routes, offline, offline_seq. ARGV: own id, local ('1' when the
+/// message was delivered on the skipped instances already), instance
+/// channel prefix, instance payload, message json, max queue length, queue
+/// ttl_ms, sequence ttl_ms, a second instance to skip ('' for none: the
+/// sender, when another instance routes a message again).
 /// Publishes to every other instance holding the user; queues when none
-/// received it and it was not delivered locally. Returns {receivers, queued, dropped}.
+/// received it and it was not delivered locally. Returns {receivers,
+/// queued, dropped, instance...}: the instances that received it (what
+/// the sender's route cache keeps).
 const SEND: &str = "
 local got = 0
+local out = {0, 0, 0}
 for _, inst in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if inst ~= ARGV[1] then
-    got = got + redis.call('PUBLISH', ARGV[3] .. inst, ARGV[4])
+  if inst ~= ARGV[1] and inst ~= ARGV[9] then
+    local n = redis.call('PUBLISH', ARGV[3] .. inst, ARGV[4])
+    if n > 0 then
+      got = got + n
+      table.insert(out, inst)
+    end
   end
 end
-if got > 0 or ARGV[2] == '1' then return {got, 0, 0} end
+out[1] = got
+if got > 0 or ARGV[2] == '1' then return out end
 local max = tonumber(ARGV[6])
 if max <= 0 then return {0, 0, 1} end
 local seq = redis.call('INCR', KEYS[3])
@@ -65,13 +75,19 @@ redis.call('PEXPIRE', KEYS[2], ARGV[7])
 return {0, 1, dropped}
 ";
 
-/// KEYS: routes, instance_users, offline. ARGV: own id, epoch, user, ttl_ms.
+/// KEYS: routes, instance_users, offline. ARGV: own id, epoch, user,
+/// ttl_ms, global channel, route-added payload.
 /// Registers the route (keeping the newest epoch) and returns the backlog
-/// after dropping expired entries: {expired, entry...}.
+/// after dropping expired entries: {expired, entry...}. A route added
+/// beside routes of other instances is announced on the global channel:
+/// senders' route caches that know only the others must forget the user.
 const ATTACH: &str = "
 local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 if not cur or cur < tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+if not cur and redis.call('HLEN', KEYS[1]) > 1 then
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
 end
 redis.call('SADD', KEYS[2], ARGV[3])
 local ttl = tonumber(ARGV[4])

@@ -44,7 +44,11 @@ pub async fn receive_loop(shared: Arc<Shared>, mut rx: Receiver<Message>) {
                 } else if channel == own_channel {
                     shared.on_instance_message(payload);
                 } else if channel == global {
-                    shared.on_global_message(payload);
+                    if is_admin(payload) {
+                        shared.on_control(payload);
+                    } else {
+                        shared.on_global_message(payload);
+                    }
                 }
             }
             Err(RecvError::Lagged(n)) => {
@@ -54,6 +58,16 @@ pub async fn receive_loop(shared: Arc<Shared>, mut rx: Receiver<Message>) {
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+/// Whether a channel message is an admin command (`"type":"admin"`).
+fn is_admin(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<&'a str>,
+    }
+    serde_json::from_slice::<Kind>(payload).is_ok_and(|k| k.kind == Some("admin"))
 }
 
 impl Shared {
@@ -77,6 +91,11 @@ impl Shared {
             return;
         }
         match serde_json::from_slice::<wire::GlobalIn>(payload) {
+            Ok(wire::GlobalIn {
+                kind,
+                user: Some(user),
+                ..
+            }) if kind == "route_added" => self.route_cache.forget(&user),
             Ok(msg) => match msg.into_broadcast() {
                 Some((audience, msg)) => {
                     self.hub.deliver_broadcast(&audience, &msg);
@@ -95,10 +114,18 @@ impl Shared {
     fn on_instance_message(self: &Arc<Self>, payload: &[u8]) {
         match serde_json::from_slice::<wire::InstanceIn>(payload) {
             Ok(wire::InstanceIn {
+                origin,
                 kind,
                 user: Some(user),
+                local,
                 msg: Some(msg),
-            }) if kind == "direct" => self.deliver_remote_direct(user.into(), msg),
+            }) if kind == "direct" => self.deliver_remote_direct(user.into(), msg, origin, local),
+            Ok(wire::InstanceIn {
+                kind,
+                user: Some(user),
+                ..
+            }) if kind == "route_stale" => self.route_cache.forget(&user),
+            Ok(wire::InstanceIn { kind, .. }) if kind == "admin" => self.on_control(payload),
             Ok(other) => tracing::debug!(kind = %other.kind, "ignored instance message"),
             Err(e) => {
                 metric::bad_message();

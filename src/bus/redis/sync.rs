@@ -236,6 +236,8 @@ impl Shared {
         metric::ready(false);
         self.interest.mark_unknown();
         self.presence.mark_unknown();
+        // Route announcements may be missed while disconnected.
+        self.route_cache.clear();
     }
 
     /// Re-asserts everything: scripts, subscriptions, registration,

@@ -8,10 +8,13 @@
 //!   `origin` comes first so an instance skips its own messages with a
 //!   prefix test instead of a parse.
 //! - Instance channel `P:instance:<id>`:
-//!   `{"origin":..,"type":"direct","user":"<tenant>/<user>","msg":{"from":..,"data":..,"ts":..,"mid":..}}`.
+//!   `{"origin":..,"type":"direct","user":"<tenant>/<user>","local":true,"msg":{"from":..,"data":..,"ts":..,"mid":..}}`
+//!   (`local`: the origin delivered it to its own connections of the user; absent when false),
+//!   `{"origin":..,"type":"route_stale","user":".."}`.
 //! - Global channel `P:global`: `{"origin":..,"type":"instance_gone","instance":".."}`,
 //!   `{"origin":..,"type":"broadcast","tenant":"t","msg":{"from":..,"data":..,"ts":..,"mid":..}}`
-//!   (`tenant` absent: every connection of every tenant).
+//!   (`tenant` absent: every connection of every tenant),
+//!   `{"origin":..,"type":"route_added","user":".."}` (from the `ATTACH` script).
 //! - Offline queue entry: `<seq>|<ts_ms>|<msg json>`; Lua reads the two
 //!   numbers without decoding the JSON.
 //!
@@ -125,15 +128,22 @@ struct DirectOut<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     user: &'a str,
+    /// The origin delivered it to the user's connections there itself.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    local: bool,
     msg: &'a DirectMessage,
 }
 
 /// A message on an instance channel.
 #[derive(Debug, Deserialize)]
 pub struct InstanceIn {
+    /// The sending instance (absent from other services' messages).
+    pub origin: Option<String>,
     #[serde(rename = "type")]
     pub kind: String,
     pub user: Option<String>,
+    #[serde(default)]
+    pub local: bool,
     pub msg: Option<DirectMessage>,
 }
 
@@ -141,13 +151,30 @@ pub fn encode_direct(
     origin: &str,
     user: &str,
     msg: &DirectMessage,
+    local: bool,
 ) -> Result<String, serde_json::Error> {
     serde_json::to_string(&DirectOut {
         origin,
         kind: "direct",
         user,
+        local,
         msg,
     })
+}
+
+#[derive(Serialize)]
+struct RouteOut<'a> {
+    origin: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    user: &'a str,
+}
+
+/// `route_added` (global channel: the user has a new route beside others)
+/// or `route_stale` (a sender's instance channel: its cached route sent a
+/// message to an instance that no longer holds the user).
+pub fn encode_route(origin: &str, kind: &'static str, user: &str) -> String {
+    serde_json::to_string(&RouteOut { origin, kind, user }).unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -168,6 +195,8 @@ pub struct GlobalIn {
     /// A broadcast's tenant; absent for every tenant.
     pub tenant: Option<String>,
     pub msg: Option<DirectMessage>,
+    /// The user of a `route_added`.
+    pub user: Option<String>,
 }
 
 impl GlobalIn {
