@@ -24,7 +24,8 @@ export class Fake {
       verifyClient: (info, done) => {
         f.upgrades++;
         f.lastUrl = info.req.url;
-        if (f.refuse) done(false, f.refuse);
+        const status = f.verify ? f.verify(info.req.url) : f.refuse;
+        if (status) done(false, status);
         else done(true);
       },
     });

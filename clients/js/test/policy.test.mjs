@@ -6,6 +6,7 @@ import { afterEach, test } from "node:test";
 import { json } from "../dist/index.js";
 import { msgpack } from "../dist/msgpack.js";
 import { Fake, defaultAnswer } from "./fake.mjs";
+import WebSocket from "ws";
 import { client, closeAll, next, record, sleep, token, until } from "./harness.mjs";
 
 const fakes = [];
@@ -303,4 +304,33 @@ test("giveUpAfter ends the attempts; connect() rejects", async () => {
   assert.equal(f.upgrades, 4, "the first attempt and three more");
   assert.deepEqual(states.at(-1), { state: "disconnected", code: 503, reason: "upgrade refused with HTTP 503", willReconnect: false });
   assert.equal(c.status, "closed");
+});
+
+/** `ws` made to behave like a browser's WebSocket: a refused upgrade shows no HTTP status. */
+class BrowserLikeSocket extends WebSocket {
+  set onerror(fn) {
+    super.onerror = fn && (() => fn({ type: "error" }));
+  }
+  get onerror() {
+    return super.onerror;
+  }
+}
+
+test("where the status is hidden (browsers), a failed attempt asks the token callback for a fresh token", async () => {
+  const f = await fake();
+  const good = token("fresh");
+  f.verify = (url) => (url.includes(good) ? 0 : 401);
+  const asked = [];
+  const c = client({
+    url: f.url,
+    WebSocket: BrowserLikeSocket,
+    backoffMs: 50,
+    token: ({ refresh }) => (asked.push(refresh), refresh ? good : token("revoked")),
+  });
+  const states = record(c, "state");
+  await c.connect();
+  assert.deepEqual(asked, [false, true]);
+  const d = states.find((s) => s.state == "disconnected");
+  assert.deepEqual([d.code, d.willReconnect], [1006, true], "seen as a plain failure, not a 401");
+  assert.equal(f.upgrades, 2);
 });
