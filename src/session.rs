@@ -311,6 +311,58 @@ mod tests {
     }
 
     #[test]
+    fn the_stats_channel_is_for_admins_without_a_tenant() {
+        let with = |roles: Vec<String>, tenant: &str| {
+            let mut id = identity(None, tenant);
+            id.roles = roles;
+            Session::new(id, &limits(), Instant::now())
+        };
+        let admin = with(vec!["admin".into()], "");
+        let tenant_admin = with(vec!["admin".into()], "t1");
+        let user = with(vec![], "");
+        let join = || ClientOp::Join {
+            room: ADMIN_STATS_ROOM.into(),
+        };
+        assert_eq!(admin.command(join()), Ok(Command::StatsSubscribe));
+        for s in [&tenant_admin, &user] {
+            assert!(matches!(
+                s.command(join()),
+                Err(Refusal::Error(ErrorCode::Forbidden, _))
+            ));
+        }
+        for s in [&admin, &tenant_admin, &user] {
+            let publish = s.command(ClientOp::Publish {
+                room: ADMIN_STATS_ROOM.into(),
+                data: Data::null(),
+            });
+            assert!(matches!(
+                publish,
+                Err(Refusal::Error(ErrorCode::Forbidden, _))
+            ));
+        }
+        let op = || ClientOp::Admin {
+            cmd: "instances".into(),
+            args: Data::null(),
+        };
+        assert!(matches!(admin.command(op()), Ok(Command::Admin { .. })));
+        assert!(matches!(
+            tenant_admin.command(op()),
+            Ok(Command::Admin { .. })
+        ));
+        assert!(matches!(
+            user.command(op()),
+            Err(Refusal::Error(ErrorCode::Forbidden, _))
+        ));
+        // Any other `$` name is still an invalid room.
+        assert!(matches!(
+            admin.command(ClientOp::Join {
+                room: "$admin:other".into()
+            }),
+            Err(Refusal::Error(ErrorCode::InvalidRoom, _))
+        ));
+    }
+
+    #[test]
     fn room_names() {
         assert!(valid_room_name("encounter:42"));
         assert!(valid_room_name("a.b-c_d"));

@@ -756,3 +756,55 @@ async fn dashboard_is_served() {
     let (status, _) = http_get(&server.http("/admin/assets/nope.js")).await;
     assert_eq!(status, 404);
 }
+
+/// Instances gather and share figures only while an admin watches: no
+/// admin key exists in Redis before the first subscriber, every instance
+/// shares its figures while one watches, and they expire after it leaves.
+#[tokio::test]
+async fn figures_are_gathered_only_while_an_admin_watches() {
+    let redis = Redis::start().await;
+    let a = instance(&redis, "idle-a", &[]).await;
+    let _b = instance(&redis, "idle-b", &[]).await;
+    let admin_keys = || {
+        let mut keys: Vec<String> = redis
+            .cli(&["--scan", "--pattern", "rc:admin:*"])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        keys.sort();
+        keys
+    };
+    tokio::time::sleep(INTERVAL * 4).await;
+    assert!(admin_keys().is_empty(), "{:?}", admin_keys());
+
+    let mut admin = connect_token(&a, &admin_token()).await;
+    admin.join(STATS).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let want = [
+        "rc:admin:stats:idle-a",
+        "rc:admin:stats:idle-b",
+        "rc:admin:watch",
+    ];
+    while admin_keys() != want {
+        assert!(Instant::now() < deadline, "{:?}", admin_keys());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    admin.request(ClientFrame::new("leave").room(STATS)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !admin_keys().is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", admin_keys());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And it stays idle.
+    tokio::time::sleep(INTERVAL * 4).await;
+    assert!(admin_keys().is_empty(), "{:?}", admin_keys());
+    // The stats events sent before the leave were read; none come after.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin.try_recv(INTERVAL * 2).await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "stats keep coming after the leave"
+        );
+    }
+}

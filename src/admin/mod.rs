@@ -225,17 +225,22 @@ pub async fn run(node: Arc<Node>) {
     }
 }
 
-/// How long shared figures and the watch flag live in the bus: a few
-/// intervals, so a dead instance drops out soon after its last write.
-fn share_ttl(every: Duration) -> Duration {
-    every * 3
+/// How long shared figures and the watch flag live in the bus: three
+/// intervals, but no longer than the heartbeat TTL, so that a dead
+/// instance leaves the figures within its heartbeat TTL plus one interval;
+/// and never shorter than one and a half intervals, so that a live one
+/// does not flicker out between two writes.
+fn share_ttl(every: Duration, heartbeat_ttl: Option<Duration>) -> Duration {
+    let ttl = heartbeat_ttl.map_or(every * 3, |h| (every * 3).min(h));
+    ttl.max(every * 3 / 2)
 }
 
 async fn interval(node: &Arc<Node>, sampler: &mut stats::Sampler, every: Duration) {
     let admin = &node.admin;
     let subscribers = admin.live_subscribers();
     let local = !subscribers.is_empty();
-    let watched = node.bus.admin_watch(local, share_ttl(every)).await;
+    let ttl = share_ttl(every, node.config.redis.as_ref().map(|r| r.heartbeat_ttl));
+    let watched = node.bus.admin_watch(local, ttl).await;
     let was = admin.watching.swap(watched, Ordering::Relaxed);
     if !watched {
         if was {
@@ -247,9 +252,7 @@ async fn interval(node: &Arc<Node>, sampler: &mut stats::Sampler, every: Duratio
     }
     let top = node.config.admin.top_rooms;
     let mine = stats::gather(node, sampler, top);
-    node.bus
-        .admin_share(mine.to_string(), share_ttl(every))
-        .await;
+    node.bus.admin_share(mine.to_string(), ttl).await;
     if !local {
         return;
     }
@@ -270,4 +273,62 @@ async fn interval(node: &Arc<Node>, sampler: &mut stats::Sampler, every: Duratio
         data: std::borrow::Cow::Borrowed(&data),
     };
     fanout::deliver_conns(&subscribers, &event);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bus's message format: the action tag beside the fields, and
+    /// unknown fields (`origin`, `type`) ignored when read back.
+    #[test]
+    fn controls_cross_the_bus_as_tagged_json() {
+        let kick = Control::KickConn {
+            conn: 17,
+            tenant: Some("t1".into()),
+            reason: "spam".into(),
+        };
+        let text = serde_json::to_string(&kick).expect("json");
+        assert_eq!(
+            text,
+            r#"{"action":"kick_conn","conn":17,"tenant":"t1","reason":"spam"}"#
+        );
+        let read: Control = serde_json::from_str(
+            r#"{"origin":"i-1","type":"admin","action":"kick_conn","conn":17,"tenant":"t1","reason":"spam"}"#,
+        )
+        .expect("read");
+        assert_eq!(read, kick);
+        let drain: Control =
+            serde_json::from_str(r#"{"type":"admin","action":"drain"}"#).expect("read");
+        assert_eq!(drain, Control::Drain);
+        assert!(serde_json::from_str::<Control>(r#"{"action":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn shared_figures_expire_within_the_heartbeat_ttl() {
+        let s = Duration::from_secs;
+        assert_eq!(share_ttl(s(2), Some(s(15))), s(6));
+        assert_eq!(share_ttl(s(10), Some(s(15))), s(15));
+        assert_eq!(share_ttl(s(2), None), s(6));
+        // A heartbeat TTL below the interval: no flicker wins.
+        assert_eq!(share_ttl(s(10), Some(s(5))), s(15));
+    }
+
+    #[test]
+    fn kick_reasons_are_taken_once() {
+        let admin = Admin::new();
+        let conn = ConnHandle::new(
+            5,
+            "/bob".into(),
+            crate::protocol::Codec::Json,
+            4,
+            crate::config::SlowConsumerPolicy::Close,
+        );
+        assert_eq!(admin.take_kick_reason(5), None);
+        admin.kick(&conn, "spam");
+        assert!(conn.is_killed());
+        assert_eq!(conn.close_code(), Some(4002));
+        assert_eq!(admin.take_kick_reason(5).as_deref(), Some("spam"));
+        assert_eq!(admin.take_kick_reason(5), None);
+    }
 }

@@ -41,6 +41,19 @@ try {
   });
 
   await page.goto(`${base}/admin`);
+  // A token without role admin is turned away with a message.
+  await page.fill("#token", userToken);
+  await page.click("#signin");
+  await page.waitForSelector("#signin-error:not([hidden])", { timeout: WAIT });
+  console.log(`non-admin: ${await page.textContent("#signin-error")}`);
+  // So is one that is not a valid token at all.
+  await page.fill("#token", "not-a-token");
+  await page.click("#signin");
+  await page.waitForFunction(
+    () => /refused/.test(document.getElementById("signin-error").textContent),
+    null,
+    { timeout: WAIT },
+  );
   await page.fill("#token", adminToken);
   await page.click("#signin");
   // The token stays in this tab's sessionStorage.

@@ -100,9 +100,31 @@ function connect() {
       setStatus("kicked", false);
       return;
     }
-    if (!opened) log("cannot connect (instance down or draining, or the token was refused); retrying", true);
-    scheduleReconnect(hinted);
+    if (opened) return scheduleReconnect(hinted);
+    // The upgrade failed: tell a refused token from an instance that is
+    // down or draining (only the latter is worth retrying).
+    checkToken().then((refused) => {
+      if (refused) return signOut(refused);
+      log("cannot connect (instance down or draining); retrying", true);
+      scheduleReconnect(hinted);
+    });
   };
+}
+
+// Why the token cannot watch the cluster, or null when it can (or when
+// the instance cannot say).
+async function checkToken() {
+  try {
+    const r = await fetch("/admin/api/stats", { headers: { Authorization: `Bearer ${token()}` } });
+    if (r.status === 401) return "the token was refused (invalid or expired)";
+    if (r.status === 403) {
+      const body = await r.json().catch(() => ({}));
+      return `not allowed: ${body.error?.text || "needs role admin"}`;
+    }
+  } catch {
+    // The instance is unreachable: retry.
+  }
+  return null;
 }
 
 function handle(ev, hint) {
