@@ -30,6 +30,7 @@ fn message_event(data: &Data) -> ServerEvent<'_> {
         data: Cow::Borrowed(data),
         ts: 1_763_000_000_000,
         mid: Cow::Borrowed("a1b2c3d4-1f2e"),
+        key: None,
     }
 }
 

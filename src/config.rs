@@ -289,6 +289,20 @@ pub struct ServeArgs {
     /// joined/left are broadcast only in rooms of at most this many users (0: never).
     #[arg(long, env = "ROOMCAST_PRESENCE_EVENTS_MAX", default_value_t = 1000)]
     pub presence_events_max: u64,
+    /// Milliseconds a connection may hold room messages to write them together, in one
+    /// `batch` frame for clients that asked for batches (0: written at once; at most 1000).
+    /// Direct messages, acks, errors and closes are never held.
+    #[arg(long, env = "ROOMCAST_WRITE_DELAY_MS", default_value_t = 0)]
+    pub write_delay_ms: u64,
+    /// Write delay of the rooms matching a pattern, `PATTERN=MS` (`*` matches any run of
+    /// characters), repeatable or comma-separated; the first match wins over
+    /// --write-delay-ms, e.g. `game:*=16`.
+    #[arg(
+        long = "write-delay",
+        env = "ROOMCAST_WRITE_DELAY",
+        value_delimiter = ','
+    )]
+    pub write_delay: Vec<String>,
 }
 
 #[derive(Debug, Error)]
@@ -406,6 +420,13 @@ pub struct Config {
     pub offline: OfflineConfig,
     pub shutdown: ShutdownConfig,
     pub redis: Option<RedisConfig>,
+    pub delivery: DeliveryConfig,
+}
+
+/// How room messages reach members' sockets (see [`crate::delivery`]).
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryConfig {
+    pub write_delays: crate::delivery::WriteDelays,
 }
 
 #[derive(Debug, Clone)]
@@ -538,6 +559,19 @@ impl TryFrom<ServeArgs> for Config {
                 "redis-reconnect-max-ms must be at least redis-reconnect-min-ms".into(),
             ));
         }
+        let write_delay = Duration::from_millis(a.write_delay_ms);
+        if write_delay > crate::delivery::MAX_WRITE_DELAY {
+            return Err(ConfigError::Invalid(
+                "write-delay-ms must be at most 1000".into(),
+            ));
+        }
+        let write_delay_rooms = a
+            .write_delay
+            .iter()
+            .filter(|r| !r.trim().is_empty())
+            .map(|r| crate::delivery::WriteDelays::parse_rule(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Invalid(format!("write-delay {e}")))?;
         let log_filter = match a.log_filter.trim() {
             "" => "info".to_owned(),
             f => f.to_owned(),
@@ -587,6 +621,12 @@ impl TryFrom<ServeArgs> for Config {
             shutdown: ShutdownConfig {
                 drain: Duration::from_secs(a.drain_s),
                 deadline: Duration::from_secs(a.shutdown_deadline_s),
+            },
+            delivery: DeliveryConfig {
+                write_delays: crate::delivery::WriteDelays {
+                    global: write_delay,
+                    rooms: write_delay_rooms,
+                },
             },
             redis: a.redis.filter(|u| !u.is_empty()).map(|url| RedisConfig {
                 url,

@@ -23,6 +23,7 @@ use dashmap::mapref::entry::Entry;
 
 use crate::bus::{DirectMessage, RoomEvent};
 use crate::conn::handle::{ConnHandle, ConnId, Outbound};
+use crate::delivery::WriteDelays;
 use crate::fanout::{self, Lanes};
 use crate::offline::Queued;
 use crate::registry::{LeaveChange, Registry};
@@ -56,9 +57,14 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(registry: Arc<Registry>) -> Hub {
+        Hub::with_delays(registry, WriteDelays::default())
+    }
+
+    /// A hub whose room messages wait in members' queues as `delays` says.
+    pub fn with_delays(registry: Arc<Registry>, delays: WriteDelays) -> Hub {
         Hub {
             registry,
-            lanes: Arc::new(Lanes::default()),
+            lanes: Arc::new(Lanes::with_delays(delays)),
             pending: DashMap::new(),
             next_token: AtomicU64::new(0),
         }

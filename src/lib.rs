@@ -7,6 +7,7 @@
 //! - [`session`]: per-connection rate limit, validation, permissions (pure).
 //! - [`registry`]: room/user/connection maps kept consistent; member lists
 //!   as snapshots for fan-out.
+//! - [`delivery`]: write delays per room and latest-wins keys (pure policy).
 //! - [`fanout`]: encode once per codec, push to every recipient outside any
 //!   lock; lanes for big rooms.
 //! - [`ws`]: WebSocket framing, both directions (pure).
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod conn;
+pub mod delivery;
 pub mod fanout;
 pub mod hub;
 pub mod metrics;

@@ -137,7 +137,10 @@ fn init_tracing(log: &LogConfig) {
 }
 
 async fn serve(config: Config, verifier: Verifier) -> Result<(), Fatal> {
-    let hub = Arc::new(Hub::new(Arc::new(Registry::new())));
+    let hub = Arc::new(Hub::with_delays(
+        Arc::new(Registry::new()),
+        config.delivery.write_delays.clone(),
+    ));
     let handle = metrics::install();
     let (bus, mode) = match &config.redis {
         None => (

@@ -130,7 +130,7 @@ const CLOSE_LABELS: [&str; 8] = [
 const CODEC_LABELS: [&str; 2] = ["json", "msgpack"];
 
 /// Every metric of the server outside cluster mode.
-pub const METRICS: [Metric; 15] = [
+pub const METRICS: [Metric; 16] = [
     Metric {
         name: "roomcast_connections",
         kind: Kind::Gauge,
@@ -221,6 +221,12 @@ pub const METRICS: [Metric; 15] = [
         help: "Queued direct messages dropped, by reason (cap: queue full, ttl: expired).",
         label: Some(("reason", &OFFLINE_DROP_REASONS)),
     },
+    Metric {
+        name: "roomcast_keyed_replaced_total",
+        kind: Kind::Counter,
+        help: "Latest-wins room messages replaced, unsent, by a newer one with the same room and key.",
+        label: None,
+    },
 ];
 
 /// Describes every metric and registers each known series at 0.
@@ -254,6 +260,7 @@ struct Hot {
     room_encodes: Counter,
     encodes: [Counter; 2],
     ops: [Counter; 6],
+    keyed_replaced: Counter,
 }
 
 static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
@@ -262,6 +269,7 @@ static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
     room_encodes: counter!("roomcast_room_encodes_total"),
     encodes: CODEC_LABELS.map(|codec| counter!("roomcast_encodes_total", "codec" => codec)),
     ops: OPS.map(|op| counter!("roomcast_ops_total", "op" => op)),
+    keyed_replaced: counter!("roomcast_keyed_replaced_total"),
 });
 
 /// Counts a client operation; `op` indexes [`OPS`].
@@ -291,6 +299,11 @@ pub fn room_fanout(encodes: usize) {
 
 pub fn encoded(codec: Codec) {
     HOT.encodes[codec.index()].increment(1);
+}
+
+/// A queued latest-wins message was replaced by a newer one.
+pub fn keyed_replaced() {
+    HOT.keyed_replaced.increment(1);
 }
 
 pub fn slow_consumer_drop() {

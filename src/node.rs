@@ -235,6 +235,17 @@ impl Node {
         room: &Arc<str>,
         data: Data,
     ) -> Result<(), OpError> {
+        self.publish_keyed(conn, room, data, None).await
+    }
+
+    /// Publishes with an optional latest-wins key (see [`crate::delivery`]).
+    pub async fn publish_keyed(
+        &self,
+        conn: &Arc<ConnHandle>,
+        room: &Arc<str>,
+        data: Data,
+        key: Option<String>,
+    ) -> Result<(), OpError> {
         if !self.registry.is_member(conn.id, room) {
             return Err(OpError::new(
                 ErrorCode::NotJoined,
@@ -246,6 +257,7 @@ impl Node {
             data,
             ts: now_ms(),
             mid: self.next_mid(),
+            key,
         };
         self.publish_event(room, RoomEvent::Message(msg)).await?;
         Ok(())

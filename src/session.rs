@@ -44,11 +44,24 @@ fn check_data(data: &Data) -> Result<(), Refusal> {
 /// A validated, permitted command with tenant-scoped keys.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Join { room: Arc<str> },
-    Leave { room: Arc<str> },
-    Publish { room: Arc<str>, data: Data },
-    Send { to: Arc<str>, data: Data },
-    Presence { room: Arc<str> },
+    Join {
+        room: Arc<str>,
+    },
+    Leave {
+        room: Arc<str>,
+    },
+    Publish {
+        room: Arc<str>,
+        data: Data,
+        key: Option<String>,
+    },
+    Send {
+        to: Arc<str>,
+        data: Data,
+    },
+    Presence {
+        room: Arc<str>,
+    },
     Ping,
 }
 
@@ -155,11 +168,12 @@ impl Session {
             ClientOp::Leave { room } => Command::Leave {
                 room: room_key(&room)?,
             },
-            ClientOp::Publish { room, data } => {
+            ClientOp::Publish { room, data, key } => {
                 check_data(&data)?;
                 Command::Publish {
                     room: room_key(&room)?,
                     data,
+                    key,
                 }
             }
             ClientOp::Presence { room } => {
@@ -231,6 +245,7 @@ mod tests {
             s.command(ClientOp::Publish {
                 room: "r".into(),
                 data,
+                key: None,
             })
         };
         assert!(publish(nested(MAX_DATA_DEPTH)).is_ok());

@@ -91,13 +91,15 @@ fn arb_frame() -> impl Strategy<Value = ClientFrame> {
                 .prop_filter("not null", |v| !v.is_null())
                 .prop_map(Data::from),
         ),
+        proptest::option::of(any::<String>()),
     )
-        .prop_map(|(op, id, room, to, data)| ClientFrame {
+        .prop_map(|(op, id, room, to, data, key)| ClientFrame {
             op,
             id,
             room,
             to,
             data,
+            key,
         })
 }
 
@@ -338,6 +340,7 @@ fn deepest_events_decode_on_a_worker_stack() {
             data: std::borrow::Cow::Owned(Data::from(data)),
             ts: 1,
             mid: "m".into(),
+            key: Some("pos:1".into()),
         };
         for codec in Codec::ALL {
             let bytes = codec.encode(&ev).expect("encodes");

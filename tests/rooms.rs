@@ -64,6 +64,7 @@ async fn welcome_ping_join_publish_leave() {
                 data,
                 ts,
                 mid,
+                ..
             } => {
                 assert_eq!(room, "encounter:42");
                 assert_eq!(from, "bob");

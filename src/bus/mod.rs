@@ -27,6 +27,9 @@ pub struct RoomMessage {
     pub data: Data,
     pub ts: u64,
     pub mid: String,
+    /// Latest-wins key (see [`crate::delivery`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// An event for every member of a room.
@@ -48,6 +51,7 @@ impl RoomEvent {
                 data: Cow::Borrowed(&m.data),
                 ts: m.ts,
                 mid: Cow::Borrowed(&m.mid),
+                key: m.key.as_deref().map(Cow::Borrowed),
             },
             RoomEvent::Joined { user, count } => ServerEvent::Joined {
                 room,

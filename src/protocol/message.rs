@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 /// Longest client-chosen request id, in bytes, when it is a string.
 pub const MAX_REQ_ID_LEN: usize = 64;
 
+/// Longest latest-wins `key` of a publish, in bytes.
+pub const MAX_KEY_LEN: usize = 128;
+
 /// A client-chosen request id: an unsigned integer or a short string,
 /// echoed back unchanged, in the type it came in, in the answer it causes.
 /// Nothing else is an id: null, MessagePack nil and bin, negative numbers
@@ -94,6 +97,9 @@ pub struct ClientFrame {
     pub to: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Data>,
+    /// `publish` only: the latest-wins key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl ClientFrame {
@@ -123,6 +129,11 @@ impl ClientFrame {
         self.data = Some(data.into());
         self
     }
+
+    pub fn key(mut self, key: &str) -> Self {
+        self.key = Some(key.to_owned());
+        self
+    }
 }
 
 impl From<u64> for ReqId {
@@ -140,11 +151,26 @@ impl From<&str> for ReqId {
 /// A validated client operation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientOp {
-    Join { room: String },
-    Leave { room: String },
-    Publish { room: String, data: Data },
-    Send { to: String, data: Data },
-    Presence { room: String },
+    Join {
+        room: String,
+    },
+    Leave {
+        room: String,
+    },
+    Publish {
+        room: String,
+        data: Data,
+        /// Latest-wins key: an unsent message of the same room and key is
+        /// replaced by this one.
+        key: Option<String>,
+    },
+    Send {
+        to: String,
+        data: Data,
+    },
+    Presence {
+        room: String,
+    },
     Ping,
 }
 
@@ -203,6 +229,15 @@ impl ClientFrame {
             "publish" => ClientOp::Publish {
                 room: need(self.room, "room")?,
                 data: self.data.unwrap_or_else(Data::null),
+                key: match self.key {
+                    Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => {
+                        return Err(reject(
+                            ErrorCode::BadRequest,
+                            format!("key must be 1 to {MAX_KEY_LEN} bytes"),
+                        ));
+                    }
+                    k => k,
+                },
             },
             "send" => ClientOp::Send {
                 to: need(self.to, "to")?,
@@ -287,6 +322,9 @@ pub enum ServerEvent<'a> {
         data: Cow<'a, Data>,
         ts: u64,
         mid: Cow<'a, str>,
+        /// The latest-wins key the message was published with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<Cow<'a, str>>,
     },
     Direct {
         from: Cow<'a, str>,

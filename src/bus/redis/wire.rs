@@ -3,7 +3,8 @@
 //! into rooms with a plain `PUBLISH` (see ARCHITECTURE.md).
 //!
 //! - Room channel `P:room:<room>`:
-//!   `{"origin":"<instance>","type":"message","from":"bob","data":..,"ts":..,"mid":".."}`,
+//!   `{"origin":"<instance>","type":"message","from":"bob","data":..,"ts":..,"mid":".."}`
+//!   (plus `"key":".."` for a latest-wins message),
 //!   `{"origin":..,"type":"joined","user":"bob","count":3}`, and `left` alike.
 //!   `origin` comes first so an instance skips its own messages with a
 //!   prefix test instead of a parse.
@@ -39,6 +40,8 @@ struct RoomOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     mid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     count: Option<u64>,
@@ -53,6 +56,7 @@ struct RoomIn {
     data: Option<Data>,
     ts: Option<u64>,
     mid: Option<String>,
+    key: Option<String>,
     user: Option<String>,
     count: Option<u64>,
 }
@@ -71,6 +75,7 @@ pub fn encode_room(origin: &str, event: &RoomEvent) -> Result<String, serde_json
             data: Some(&m.data),
             ts: Some(m.ts),
             mid: Some(&m.mid),
+            key: m.key.as_deref(),
             user: None,
             count: None,
         },
@@ -85,6 +90,7 @@ pub fn encode_room(origin: &str, event: &RoomEvent) -> Result<String, serde_json
             data: None,
             ts: None,
             mid: None,
+            key: None,
             user: Some(user),
             count: Some(*count),
         },
@@ -104,6 +110,7 @@ pub fn decode_room(payload: &[u8]) -> Result<RoomEvent, String> {
             mid: r
                 .mid
                 .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+            key: r.key,
         })),
         "joined" => Ok(RoomEvent::Joined {
             user: r.user.ok_or("joined without user")?,
@@ -178,6 +185,7 @@ mod tests {
             data: json!({"hp": 3}).into(),
             ts: 5,
             mid: "m-1".into(),
+            key: Some("pos:1".into()),
         });
         let s = encode_room("i-1", &ev).expect("encode");
         assert!(s.starts_with(&origin_prefix("i-1")));
