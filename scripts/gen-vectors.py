@@ -211,6 +211,10 @@ SERVER = [
     ("joined", joined("encounter:42", "alice", 3)),
     ("left", joined("encounter:42", "bob", 2, kind="left")),
     ("left_empty", joined("lobby", "alice", 0, kind="left")),
+    (
+        "presence_diff",
+        {"ev": "presence_diff", "room": "encounter:42", "joins": ["alice", "carol"], "leaves": ["bob"], "count": 5},
+    ),
     ("presence_event_num_id", presence("encounter:42", ["alice", "bob", "user-17"], id=70000)),
     ("presence_event_str_id", presence("campaign:7:map", ["alice"], id="who")),
     ("presence_event_no_id_empty", presence("lobby", [])),

@@ -303,6 +303,10 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub write_delay: Vec<String>,
+    /// Milliseconds over which a room's joins and leaves are gathered into one
+    /// `presence_diff` event per member (0: `joined`/`left` at once; at most 60000).
+    #[arg(long, env = "ROOMCAST_PRESENCE_INTERVAL_MS", default_value_t = 0)]
+    pub presence_interval_ms: u64,
 }
 
 #[derive(Debug, Error)]
@@ -427,6 +431,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryConfig {
     pub write_delays: crate::delivery::WriteDelays,
+    /// Zero: `joined`/`left` at once; otherwise `presence_diff` per interval.
+    pub presence_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -565,6 +571,11 @@ impl TryFrom<ServeArgs> for Config {
                 "write-delay-ms must be at most 1000".into(),
             ));
         }
+        if a.presence_interval_ms > 60_000 {
+            return Err(ConfigError::Invalid(
+                "presence-interval-ms must be at most 60000".into(),
+            ));
+        }
         let write_delay_rooms = a
             .write_delay
             .iter()
@@ -627,6 +638,7 @@ impl TryFrom<ServeArgs> for Config {
                     global: write_delay,
                     rooms: write_delay_rooms,
                 },
+                presence_interval: Duration::from_millis(a.presence_interval_ms),
             },
             redis: a.redis.filter(|u| !u.is_empty()).map(|url| RedisConfig {
                 url,

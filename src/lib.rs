@@ -15,6 +15,7 @@
 //!   writes, close) and the handle others push to.
 //! - [`hub`]: the local side: registry, local delivery, the attach gate.
 //! - [`bus`]: only what crosses instances; [`offline`] queues of standalone mode.
+//! - [`presence_diff`]: joins and leaves gathered per room per interval.
 //! - [`node`]: one instance's shared state and command execution.
 //! - [`slots`]: per-instance and per-user connection slots.
 //! - [`server`]: HTTP routes and the WebSocket upgrade; [`shutdown`].
@@ -30,6 +31,7 @@ pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod offline;
+pub mod presence_diff;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -328,3 +328,72 @@ async fn a_member_that_stops_reading_in_a_keyed_room_is_caught_up_with_the_lates
         0.0
     );
 }
+
+#[tokio::test]
+async fn joins_and_leaves_of_an_interval_come_as_one_presence_diff_with_the_exact_count() {
+    let server = Server::start(&["--presence-interval-ms", "300"]).await;
+    let mut observer = server.connect("observer").await;
+    observer.join("room").await;
+    let first = observer
+        .recv_matching(|e| matches!(e, ServerEvent::PresenceDiff { .. }))
+        .await;
+    assert_eq!(
+        first,
+        ServerEvent::PresenceDiff {
+            room: "room".into(),
+            joins: vec!["observer".into()],
+            leaves: vec![],
+            count: 1,
+        }
+    );
+    let mut others = Vec::new();
+    for user in ["a", "b", "c"] {
+        let mut c = server.connect(user).await;
+        c.join("room").await;
+        others.push(c);
+    }
+    let ev = others[2]
+        .request(ClientFrame::new("leave").room("room"))
+        .await;
+    assert!(matches!(ev, ServerEvent::Ack { .. }), "{ev:?}");
+    let diff = observer
+        .recv_matching(|e| matches!(e, ServerEvent::PresenceDiff { .. }))
+        .await;
+    let ServerEvent::PresenceDiff {
+        joins,
+        leaves,
+        count,
+        ..
+    } = diff
+    else {
+        unreachable!()
+    };
+    let mut joins: Vec<String> = joins.into_iter().map(|j| j.into_owned()).collect();
+    joins.sort();
+    assert_eq!(
+        joins,
+        vec!["a", "b"],
+        "c joined and left within the interval"
+    );
+    assert!(leaves.is_empty());
+    assert_eq!(count, 3);
+    // Then one leave alone.
+    drop(others.remove(0));
+    let diff = observer
+        .recv_matching(|e| matches!(e, ServerEvent::PresenceDiff { .. }))
+        .await;
+    assert_eq!(
+        diff,
+        ServerEvent::PresenceDiff {
+            room: "room".into(),
+            joins: vec![],
+            leaves: vec!["a".into()],
+            count: 2,
+        }
+    );
+    observer
+        .expect_none(Duration::from_millis(500), |e| {
+            matches!(e, ServerEvent::Joined { .. } | ServerEvent::Left { .. })
+        })
+        .await;
+}

@@ -101,6 +101,7 @@ fn kind(ev: &ServerEvent<'_>) -> &'static str {
         ServerEvent::Pong { .. } => "pong",
         ServerEvent::Reconnect { .. } => "reconnect",
         ServerEvent::Batch { .. } => "batch",
+        ServerEvent::PresenceDiff { .. } => "presence_diff",
     }
 }
 

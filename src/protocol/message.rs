@@ -345,4 +345,12 @@ pub enum ServerEvent<'a> {
     Batch {
         events: Vec<ServerEvent<'a>>,
     },
+    /// The joins and leaves of a room over one presence interval (with
+    /// `--presence-interval-ms`, instead of `joined` and `left`).
+    PresenceDiff {
+        room: Cow<'a, str>,
+        joins: Vec<Cow<'a, str>>,
+        leaves: Vec<Cow<'a, str>>,
+        count: u64,
+    },
 }
