@@ -553,3 +553,103 @@ impl ConnHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes everything and counts the writes.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl DirectWrite for Counting {
+        fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(buf.len())
+        }
+    }
+
+    fn idle_outbox(gap_us: u64) -> (Outbox<Counting>, Arc<Counting>) {
+        let outbox = Outbox::with_direct_gap(64, gap_us);
+        let socket = Arc::new(Counting::default());
+        outbox.set_stream(socket.clone());
+        let mut taken = VecDeque::new();
+        assert_eq!(outbox.take(&mut taken, false), Take::Empty);
+        (outbox, socket)
+    }
+
+    #[test]
+    fn frames_arriving_fast_are_queued_for_one_write_not_written_one_by_one() {
+        let (outbox, socket) = idle_outbox(60_000_000);
+        // Just idle: even the first frame waits for the task.
+        for _ in 0..10 {
+            let pushed = outbox.push(Outbound::Frame(Bytes::from_static(b"\x81\x01a")));
+            assert_eq!(pushed, Ok(Pushed::Queued));
+        }
+        assert_eq!(socket.0.load(Ordering::Relaxed), 0);
+        let mut taken = VecDeque::new();
+        assert_eq!(outbox.take(&mut taken, false), Take::Taken);
+        assert_eq!(taken.len(), 10, "the task takes all ten for one write");
+    }
+
+    #[test]
+    fn a_write_side_idle_long_enough_takes_a_direct_write() {
+        let (outbox, socket) = idle_outbox(0);
+        let pushed = outbox.push(Outbound::Frame(Bytes::from_static(b"\x81\x01a")));
+        assert_eq!(pushed, Ok(Pushed::Written));
+        assert_eq!(socket.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn held_messages_wait_for_their_deadline_unless_something_urgent_comes() {
+        let (outbox, socket) = idle_outbox(0);
+        let held = Delivery {
+            delay_us: 60_000_000,
+            key: None,
+        };
+        let frame = || Bytes::from_static(b"\x81\x01a");
+        assert_eq!(outbox.push_room(frame(), &held), Ok(Pushed::Queued));
+        assert_eq!(outbox.push_room(frame(), &held), Ok(Pushed::Held));
+        let mut taken = VecDeque::new();
+        assert!(matches!(outbox.take(&mut taken, false), Take::HeldUntil(_)));
+        assert!(taken.is_empty());
+        // A direct message (any push without delay) takes them along.
+        assert_eq!(outbox.push(Outbound::Frame(frame())), Ok(Pushed::Queued));
+        assert_eq!(outbox.take(&mut taken, false), Take::Taken);
+        assert_eq!(taken.len(), 3);
+        assert_eq!(
+            socket.0.load(Ordering::Relaxed),
+            0,
+            "nothing written directly"
+        );
+    }
+
+    #[test]
+    fn a_keyed_push_replaces_only_its_own_key_and_goes_to_the_end() {
+        let (outbox, _) = idle_outbox(0);
+        let held = |key: Option<&str>| Delivery {
+            delay_us: 60_000_000,
+            key: key.map(Arc::from),
+        };
+        let push = |payload: &'static [u8], key| {
+            outbox
+                .push_room(Bytes::from_static(payload), &held(key))
+                .expect("pushed");
+        };
+        push(b"a1", Some("r\0a"));
+        push(b"u1", None);
+        push(b"b1", Some("r\0b"));
+        push(b"a2", Some("r\0a"));
+        push(b"u1", None);
+        let mut taken = VecDeque::new();
+        outbox.take_all(&mut taken);
+        let got: Vec<&[u8]> = taken
+            .iter()
+            .map(|i| match i {
+                Outbound::Frame(f) | Outbound::Keyed { frame: f, .. } => f.as_ref(),
+                _ => panic!("{i:?}"),
+            })
+            .collect();
+        assert_eq!(got, [&b"u1"[..], b"b1", b"a2", b"u1"]);
+    }
+}
