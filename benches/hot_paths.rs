@@ -32,6 +32,7 @@ fn message_event(data: &Data) -> ServerEvent<'_> {
         mid: Cow::Borrowed("a1b2c3d4-1f2e"),
         offset: None,
         epoch: None,
+        key: None,
     }
 }
 

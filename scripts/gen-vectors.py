@@ -59,22 +59,24 @@ def data(value):
     return value
 
 
-def client(op, id=None, room=None, to=None, payload=None, cmd=None, since=None, limit=None):
+def client(op, id=None, room=None, to=None, payload=None, cmd=None, since=None, limit=None, key=None):
     """A ClientFrame: fields in declaration order, absent ones left out."""
     frame = {"op": op}
-    for key, value in (("id", id), ("room", room), ("to", to), ("cmd", cmd)):
+    for name, value in (("id", id), ("room", room), ("to", to), ("cmd", cmd)):
         if value is not None:
-            frame[key] = value
+            frame[name] = value
     if payload is not None:
         frame["data"] = data(payload)
     if since is not None:
         frame["since"] = {"offset": since[0], "epoch": since[1]}
     if limit is not None:
         frame["limit"] = limit
+    if key is not None:
+        frame["key"] = key
     return frame
 
 
-def message(room, sender, payload, mid, offset=None, epoch=None):
+def message(room, sender, payload, mid, offset=None, epoch=None, key=None):
     ev = {
         "ev": "message",
         "room": room,
@@ -83,6 +85,8 @@ def message(room, sender, payload, mid, offset=None, epoch=None):
         "ts": TS,
         "mid": mid,
     }
+    if key is not None:
+        ev["key"] = key
     if offset is not None:
         ev["offset"] = offset
         ev["epoch"] = epoch
@@ -159,6 +163,7 @@ CLIENT = [
     ),
     ("publish_wide_object", client("publish", id=65535, room="lobby", payload={"wide": WIDE, "seq": list(range(16))})),
     ("publish_no_data", client("publish", id=4, room="lobby")),
+    ("publish_keyed", client("publish", room="encounter:42", payload={"x": 3, "y": 4.5}, key="pos:alice")),
     ("send_num_id", client("send", id=300, to="user-17", payload={"text": "hi"})),
     ("send_no_id", client("send", to="alice", payload=42)),
     ("send_str_id_long_data", client("send", id="s-1", to="bob", payload={"text": LONG})),
@@ -289,6 +294,10 @@ SERVER = [
     ("joined", joined("encounter:42", "alice", 3)),
     ("left", joined("encounter:42", "bob", 2, kind="left")),
     ("left_empty", joined("lobby", "alice", 0, kind="left")),
+    (
+        "presence_diff",
+        {"ev": "presence_diff", "room": "encounter:42", "joins": ["alice", "carol"], "leaves": ["bob"], "count": 5},
+    ),
     ("presence_event_num_id", presence("encounter:42", ["alice", "bob", "user-17"], id=70000)),
     ("presence_event_str_id", presence("campaign:7:map", ["alice"], id="who")),
     ("presence_event_no_id_empty", presence("lobby", [])),
@@ -296,6 +305,7 @@ SERVER = [
     ("message_string", message("lobby", "bob", "hello", "3f9a1c2e-1")),
     ("message_null", message("lobby", "bob", None, "3f9a1c2e-2")),
     ("message_wide", message(LONG_ROOM, "alice", {"wide": WIDE, "seq": list(range(16))}, "3f9a1c2e-ff")),
+    ("message_keyed", message("encounter:42", "alice", {"x": 3, "y": 4.5}, "3f9a1c2e-3", key="pos:alice")),
     ("direct_live", direct("alice", {"text": "hi"}, "3f9a1c2e-100", False)),
     ("direct_queued", direct("server", {"text": LONG}, "b07c44d1-9", True, ts=TS - 60000)),
     (
@@ -329,6 +339,8 @@ REFUSED = [
     ("ping_float_id", {"op": "ping", "id": 1.5}, "bad_frame"),
     ("ping_long_str_id", {"op": "ping", "id": ID_64 + "5"}, "bad_request"),
     ("publish_bin_data", {"op": "publish", "room": "lobby", "data": b"\x00\x01"}, "bad_frame"),
+    ("publish_empty_key", {"op": "publish", "room": "lobby", "key": ""}, "bad_request"),
+    ("publish_long_key", {"op": "publish", "room": "lobby", "key": "k" * 129}, "bad_request"),
     ("frame_is_array", ["ping", 1], "bad_frame"),
 ]
 

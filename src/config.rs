@@ -340,6 +340,24 @@ pub struct ServeArgs {
     /// clients rejoining after a quiet spell still recover: seconds, or with s, m, h, d.
     #[arg(long, env = "ROOMCAST_HISTORY_META_TTL", default_value = "1d", value_parser = parse_ttl)]
     pub history_meta_ttl: Duration,
+    /// Milliseconds a connection may hold room messages to write them together, in one
+    /// `batch` frame for clients that asked for batches (0: written at once; at most 1000).
+    /// Direct messages, acks, errors and closes are never held.
+    #[arg(long, env = "ROOMCAST_WRITE_DELAY_MS", default_value_t = 0)]
+    pub write_delay_ms: u64,
+    /// Write delay of the rooms matching a pattern, `PATTERN=MS` (`*` matches any run of
+    /// characters), repeatable or comma-separated; the first match wins over
+    /// --write-delay-ms, e.g. `game:*=16`.
+    #[arg(
+        long = "write-delay",
+        env = "ROOMCAST_WRITE_DELAY",
+        value_delimiter = ','
+    )]
+    pub write_delay: Vec<String>,
+    /// Milliseconds over which a room's joins and leaves are gathered into one
+    /// `presence_diff` event per member (0: `joined`/`left` at once; at most 60000).
+    #[arg(long, env = "ROOMCAST_PRESENCE_INTERVAL_MS", default_value_t = 0)]
+    pub presence_interval_ms: u64,
 }
 
 #[derive(Debug, Error)]
@@ -460,6 +478,15 @@ pub struct Config {
     pub admin: AdminConfig,
     pub api: ApiConfig,
     pub history: crate::history::HistoryConfig,
+    pub delivery: DeliveryConfig,
+}
+
+/// How room messages reach members' sockets (see [`crate::delivery`]).
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryConfig {
+    pub write_delays: crate::delivery::WriteDelays,
+    /// Zero: `joined`/`left` at once; otherwise `presence_diff` per interval.
+    pub presence_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -655,6 +682,24 @@ impl TryFrom<ServeArgs> for Config {
             history_rules.push(std::sync::Arc::new(rule));
         }
         positive("history-fill-max", a.history_fill_max as u64)?;
+        let write_delay = Duration::from_millis(a.write_delay_ms);
+        if write_delay > crate::delivery::MAX_WRITE_DELAY {
+            return Err(ConfigError::Invalid(
+                "write-delay-ms must be at most 1000".into(),
+            ));
+        }
+        if a.presence_interval_ms > 60_000 {
+            return Err(ConfigError::Invalid(
+                "presence-interval-ms must be at most 60000".into(),
+            ));
+        }
+        let write_delay_rooms = a
+            .write_delay
+            .iter()
+            .filter(|r| !r.trim().is_empty())
+            .map(|r| crate::delivery::WriteDelays::parse_rule(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Invalid(format!("write-delay {e}")))?;
         let log_filter = match a.log_filter.trim() {
             "" => "info".to_owned(),
             f => f.to_owned(),
@@ -708,6 +753,12 @@ impl TryFrom<ServeArgs> for Config {
             admin: AdminConfig {
                 stats_interval: Duration::from_millis(a.admin_stats_interval_ms),
                 top_rooms: a.admin_top_rooms.min(1000),
+            delivery: DeliveryConfig {
+                write_delays: crate::delivery::WriteDelays {
+                    global: write_delay,
+                    rooms: write_delay_rooms,
+                },
+                presence_interval: Duration::from_millis(a.presence_interval_ms),
             },
             redis: a.redis.filter(|u| !u.is_empty()).map(|url| RedisConfig {
                 url,

@@ -12,7 +12,8 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 use crate::bus::RoomEvent;
-use crate::conn::handle::{ConnHandle, Outbound};
+use crate::conn::handle::{ConnHandle, Delivery, Outbound};
+use crate::delivery::WriteDelays;
 use crate::metrics;
 use crate::protocol::{Codec, ServerEvent};
 use crate::registry::{Registry, unscoped};
@@ -81,6 +82,24 @@ impl<'e, 'a> Frames<'e, 'a> {
         }
         sent
     }
+
+    /// Queues a room event to each connection as `delivery` says (write
+    /// delay, latest-wins key); returns how many took it.
+    pub fn send_room<'c>(
+        &mut self,
+        conns: impl IntoIterator<Item = &'c Arc<ConnHandle>>,
+        delivery: &Delivery,
+    ) -> usize {
+        let mut sent = 0;
+        for conn in conns {
+            if let Some(frame) = self.get(conn.codec)
+                && conn.push_room(frame, delivery).is_ok()
+            {
+                sent += 1;
+            }
+        }
+        sent
+    }
 }
 
 /// Rooms with more local members than this are delivered by a lane task
@@ -106,9 +125,19 @@ pub struct Lanes {
     queues: DashMap<Arc<str>, VecDeque<RoomEvent>>,
     /// How many lanes exist, so small rooms skip the map while none does.
     active: AtomicUsize,
+    /// The write delay of each room.
+    delays: WriteDelays,
 }
 
 impl Lanes {
+    /// Lanes whose rooms' messages wait as `delays` says.
+    pub fn with_delays(delays: WriteDelays) -> Lanes {
+        Lanes {
+            delays,
+            ..Lanes::default()
+        }
+    }
+
     /// Delivers a room event to every local member: at once when the room
     /// is small, otherwise through the room's lane.
     pub fn deliver_room(self: &Arc<Self>, registry: &Arc<Registry>, room: &str, event: &RoomEvent) {
@@ -117,12 +146,12 @@ impl Lanes {
         };
         let big = members.len() > LANE_MIN_MEMBERS;
         if !big && self.active.load(Ordering::Acquire) == 0 {
-            deliver_to(&members, room, event);
+            self.deliver_to(&members, room, event);
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime to run a lane on (micro-benchmarks).
-            deliver_to(&members, room, event);
+            self.deliver_to(&members, room, event);
             return;
         };
         if let Some(mut lane) = self.queues.get_mut(room) {
@@ -130,7 +159,7 @@ impl Lanes {
             return;
         }
         if !big {
-            deliver_to(&members, room, event);
+            self.deliver_to(&members, room, event);
             return;
         }
         match self.queues.entry(Arc::from(room)) {
@@ -169,10 +198,11 @@ impl Lanes {
                 continue;
             };
             let server_event = event.to_server_event(unscoped(&room));
+            let delivery = self.delays.delivery(&room, &event);
             let mut frames = Frames::new(&server_event);
             let mut sent = 0;
             for chunk in members.chunks(LANE_CHUNK) {
-                sent += frames.send_to(chunk);
+                sent += frames.send_room(chunk, &delivery);
                 tokio::task::yield_now().await;
             }
             metrics::room_fanout(frames.encodes());
@@ -181,9 +211,17 @@ impl Lanes {
     }
 }
 
-/// Delivers a room event to a snapshot of its members.
-fn deliver_to(members: &[Arc<ConnHandle>], room: &str, event: &RoomEvent) -> usize {
-    deliver_members(members, &event.to_server_event(unscoped(room)))
+impl Lanes {
+    /// Delivers a room event to a snapshot of its members.
+    fn deliver_to(&self, members: &[Arc<ConnHandle>], room: &str, event: &RoomEvent) -> usize {
+        let delivery = self.delays.delivery(room, event);
+        let server_event = event.to_server_event(unscoped(room));
+        let mut frames = Frames::new(&server_event);
+        let sent = frames.send_room(members, &delivery);
+        metrics::room_fanout(frames.encodes());
+        metrics::delivered(sent);
+        sent
+    }
 }
 
 /// Delivers one room event to every connection of a member snapshot.

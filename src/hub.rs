@@ -14,18 +14,23 @@
 //! then the buffered messages, under the user's gate lock, so nothing live
 //! slips in before the backlog.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 use crate::bus::{Audience, DirectMessage, RoomEvent};
 use crate::conn::handle::{ConnHandle, ConnId, Outbound};
+use crate::delivery::WriteDelays;
 use crate::fanout::{self, Lanes};
 use crate::history::order::Ordered;
 use crate::offline::Queued;
+use crate::presence_diff::PresenceDiffs;
+use crate::protocol::ServerEvent;
 use crate::registry::{LeaveChange, Registry};
 
 /// A backlog read in flight for some connections of one user.
@@ -55,21 +60,83 @@ pub struct Hub {
     next_token: AtomicU64,
     /// The local order of history rooms (offsets, joins, gaps).
     pub ordered: Ordered,
+    /// With a presence interval: the joins and leaves gathered per room
+    /// (see [`crate::presence_diff`]); `None` sends `joined`/`left` at once.
+    presence: Option<(Duration, PresenceDiffs)>,
 }
 
 impl Hub {
     pub fn new(registry: Arc<Registry>) -> Hub {
+        Hub::with_delays(registry, WriteDelays::default())
+    }
+
+    /// A hub whose room messages wait in members' queues as `delays` says.
+    pub fn with_delays(registry: Arc<Registry>, delays: WriteDelays) -> Hub {
         Hub {
             registry,
-            lanes: Arc::new(Lanes::default()),
+            lanes: Arc::new(Lanes::with_delays(delays)),
             pending: DashMap::new(),
             next_token: AtomicU64::new(0),
             ordered: Ordered::default(),
+            presence: None,
         }
     }
 
-    /// Delivers a room event to the room's local members.
+    /// Gathers joins and leaves per room over `interval` into one
+    /// `presence_diff` (zero: `joined`/`left` at once). Run
+    /// [`Hub::presence_flusher`] when it is set.
+    pub fn with_presence_interval(mut self, interval: Duration) -> Hub {
+        self.presence = (!interval.is_zero()).then(|| (interval, PresenceDiffs::default()));
+        self
+    }
+
+    /// Sends the gathered presence diffs every interval; returns at once
+    /// without a presence interval.
+    pub async fn presence_flusher(self: Arc<Self>) {
+        let Some((every, _)) = &self.presence else {
+            return;
+        };
+        let mut tick = tokio::time::interval(*every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush_presence();
+        }
+    }
+
+    /// Sends each room's gathered joins and leaves to its local members.
+    pub fn flush_presence(&self) {
+        let Some((_, diffs)) = &self.presence else {
+            return;
+        };
+        for (room, diff) in diffs.take() {
+            let (joins, leaves) = (diff.joins(), diff.leaves());
+            if joins.is_empty() && leaves.is_empty() {
+                continue;
+            }
+            let Some(members) = self.registry.room_members(&room) else {
+                continue;
+            };
+            let event = ServerEvent::PresenceDiff {
+                room: Cow::Borrowed(crate::registry::unscoped(&room)),
+                joins: joins.into_iter().map(Cow::Borrowed).collect(),
+                leaves: leaves.into_iter().map(Cow::Borrowed).collect(),
+                count: diff.count,
+            };
+            fanout::deliver_members(&members, &event);
+        }
+    }
+
+    /// Delivers a room event to the room's local members (joins and
+    /// leaves are gathered instead while there is a presence interval).
     pub fn deliver_room(&self, room: &str, event: &RoomEvent) {
+        if let Some((_, diffs)) = &self.presence {
+            match event {
+                RoomEvent::Joined { user, count } => return diffs.record(room, user, true, *count),
+                RoomEvent::Left { user, count } => return diffs.record(room, user, false, *count),
+                RoomEvent::Message(_) => {}
+            }
+        }
         self.lanes.deliver_room(&self.registry, room, event);
     }
 

@@ -7,6 +7,7 @@
 //! - [`session`]: per-connection rate limit, validation, permissions (pure).
 //! - [`registry`]: room/user/connection maps kept consistent; member lists
 //!   as snapshots for fan-out.
+//! - [`delivery`]: write delays per room and latest-wins keys (pure policy).
 //! - [`fanout`]: encode once per codec, push to every recipient outside any
 //!   lock; lanes for big rooms.
 //! - [`ws`]: WebSocket framing, both directions (pure).
@@ -15,6 +16,7 @@
 //! - [`history`]: room history, offsets and epochs, recovery, gap filling.
 //! - [`hub`]: the local side: registry, local delivery, the attach gate.
 //! - [`bus`]: only what crosses instances; [`offline`] queues of standalone mode.
+//! - [`presence_diff`]: joins and leaves gathered per room per interval.
 //! - [`node`]: one instance's shared state and command execution.
 //! - [`slots`]: per-instance and per-user connection slots.
 //! - [`server`]: HTTP routes and the WebSocket upgrade; [`shutdown`].
@@ -29,12 +31,14 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod conn;
+pub mod delivery;
 pub mod fanout;
 pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod offline;
+pub mod presence_diff;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -137,7 +137,13 @@ fn init_tracing(log: &LogConfig) {
 }
 
 async fn serve(config: Config, verifier: Verifier) -> Result<(), Fatal> {
-    let hub = Arc::new(Hub::new(Arc::new(Registry::new())));
+    let hub = Arc::new(
+        Hub::with_delays(
+            Arc::new(Registry::new()),
+            config.delivery.write_delays.clone(),
+        )
+        .with_presence_interval(config.delivery.presence_interval),
+    );
     let handle = metrics::install();
     let (bus, mode) = match &config.redis {
         None => (
@@ -190,6 +196,7 @@ async fn serve(config: Config, verifier: Verifier) -> Result<(), Fatal> {
     println!("listening {addr}");
 
     tokio::spawn(conn::keepalive(node.clone()));
+    tokio::spawn(node.hub.clone().presence_flusher());
     // The listener has its own token: it stops when the drain is over,
     // not when shutdown begins.
     let stop_listening = CancellationToken::new();

@@ -136,7 +136,7 @@ pub const RECOVERY_RESULTS: [&str; 2] = ["recovered", "not_recovered"];
 const CODEC_LABELS: [&str; 2] = ["json", "msgpack"];
 
 /// Every metric of the server outside cluster mode.
-pub const METRICS: [Metric; 22] = [
+pub const METRICS: [Metric; 23] = [
     Metric {
         name: "roomcast_connections",
         kind: Kind::Gauge,
@@ -269,6 +269,12 @@ pub const METRICS: [Metric; 22] = [
         help: "Gaps an instance could not fill: its members of the room were sent a `gap` event.",
         label: None,
     },
+    Metric {
+        name: "roomcast_keyed_replaced_total",
+        kind: Kind::Counter,
+        help: "Latest-wins room messages replaced, unsent, by a newer one with the same room and key.",
+        label: None,
+    },
 ];
 
 /// The `endpoint` labels of `roomcast_api_requests_total`.
@@ -308,6 +314,7 @@ struct Hot {
     room_encodes: Counter,
     encodes: [Counter; 2],
     ops: [Counter; 8],
+    keyed_replaced: Counter,
 }
 
 static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
@@ -316,6 +323,7 @@ static HOT: LazyLock<Hot> = LazyLock::new(|| Hot {
     room_encodes: counter!("roomcast_room_encodes_total"),
     encodes: CODEC_LABELS.map(|codec| counter!("roomcast_encodes_total", "codec" => codec)),
     ops: OPS.map(|op| counter!("roomcast_ops_total", "op" => op)),
+    keyed_replaced: counter!("roomcast_keyed_replaced_total"),
 });
 
 /// Counts a client operation; `op` indexes [`OPS`].
@@ -345,6 +353,11 @@ pub fn room_fanout(encodes: usize) {
 
 pub fn encoded(codec: Codec) {
     HOT.encodes[codec.index()].increment(1);
+}
+
+/// A queued latest-wins message was replaced by a newer one.
+pub fn keyed_replaced() {
+    HOT.keyed_replaced.increment(1);
 }
 
 pub fn slow_consumer_drop() {

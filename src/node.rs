@@ -265,6 +265,17 @@ impl Node {
         room: &Arc<str>,
         data: Data,
     ) -> Result<(), OpError> {
+        self.publish_keyed(conn, room, data, None).await
+    }
+
+    /// Publishes with an optional latest-wins key (see [`crate::delivery`]).
+    pub async fn publish_keyed(
+        &self,
+        conn: &Arc<ConnHandle>,
+        room: &Arc<str>,
+        data: Data,
+        key: Option<String>,
+    ) -> Result<(), OpError> {
         if !self.registry.is_member(conn.id, room) {
             return Err(OpError::new(
                 ErrorCode::NotJoined,
@@ -291,6 +302,7 @@ impl Node {
             mid: self.next_mid(),
             offset: None,
             epoch: None,
+            key,
         };
         self.admin.count_message(room);
         let stamp = Stamp {

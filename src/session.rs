@@ -63,6 +63,7 @@ pub enum Command {
     Publish {
         room: Arc<str>,
         data: Data,
+        key: Option<String>,
     },
     Send {
         to: Arc<str>,
@@ -237,11 +238,12 @@ impl Session {
             ClientOp::Leave { room } => Command::Leave {
                 room: room_key(&room)?,
             },
-            ClientOp::Publish { room, data } => {
+            ClientOp::Publish { room, data, key } => {
                 check_data(&data)?;
                 Command::Publish {
                     room: room_key(&room)?,
                     data,
+                    key,
                 }
             }
             ClientOp::Presence { room } => {
@@ -313,6 +315,7 @@ mod tests {
             s.command(ClientOp::Publish {
                 room: "r".into(),
                 data,
+                key: None,
             })
         };
         assert!(publish(nested(MAX_DATA_DEPTH)).is_ok());

@@ -91,14 +91,16 @@ fn arb_frame() -> impl Strategy<Value = ClientFrame> {
                 .prop_filter("not null", |v| !v.is_null())
                 .prop_map(Data::from),
         ),
+        proptest::option::of(any::<String>()),
     )
-        .prop_map(|(op, id, room, to, data)| ClientFrame {
+        .prop_map(|(op, id, room, to, data, key)| ClientFrame {
             op,
             id,
             room,
             to,
             cmd: None,
             data,
+            key,
             ..ClientFrame::default()
         })
 }
@@ -342,6 +344,7 @@ fn deepest_events_decode_on_a_worker_stack() {
             mid: "m".into(),
             offset: None,
             epoch: None,
+            key: Some("pos:1".into()),
         };
         for codec in Codec::ALL {
             let bytes = codec.encode(&ev).expect("encodes");

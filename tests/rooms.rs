@@ -66,6 +66,7 @@ async fn welcome_ping_join_publish_leave() {
                 mid,
                 offset,
                 epoch,
+                ..
             } => {
                 assert_eq!((offset, epoch), (None, None), "no history here");
                 assert_eq!(room, "encounter:42");

@@ -108,6 +108,7 @@ fn kind(ev: &ServerEvent<'_>) -> &'static str {
         ServerEvent::Admin { .. } => "admin",
         ServerEvent::History { .. } => "history",
         ServerEvent::Gap { .. } => "gap",
+        ServerEvent::PresenceDiff { .. } => "presence_diff",
     }
 }
 

@@ -104,6 +104,8 @@ pub enum Role {
         publisher: u32,
         period_ns: u64,
         phase_ns: u64,
+        /// Latest-wins key of every message (W7).
+        key: Option<Arc<str>>,
     },
     /// Sends a direct message to `to` on the same kind of schedule.
     Direct {
@@ -187,6 +189,8 @@ pub struct Totals {
     pub queued_deliveries: u64,
     pub live_deliveries: u64,
     pub other_events: u64,
+    /// Frames that carried at least one room or direct message.
+    pub delivery_frames: u64,
     /// Connections lost before the plan's stop.
     pub disconnects: u64,
     pub errors: BTreeMap<String, u64>,
@@ -207,6 +211,7 @@ impl Totals {
         self.queued_deliveries += o.queued_deliveries;
         self.live_deliveries += o.live_deliveries;
         self.other_events += o.other_events;
+        self.delivery_frames += o.delivery_frames;
         self.disconnects += o.disconnects;
         for (k, v) in &o.errors {
             *self.errors.entry(k.clone()).or_default() += v;
@@ -777,10 +782,14 @@ async fn send_scheduled(
     };
     let (op, stamp) = match &spec.role {
         Role::Publish {
-            room, publisher, ..
+            room,
+            publisher,
+            key,
+            ..
         } => {
             let stamp = stamp(*publisher);
-            (Op::Publish { room, stamp }, stamp)
+            let key = key.as_deref();
+            (Op::Publish { room, stamp, key }, stamp)
         }
         Role::Direct { to, publisher, .. } => {
             let stamp = stamp(*publisher);
@@ -854,6 +863,9 @@ impl Local {
         };
         match wire::decode(bytes, codec) {
             Some(ev) => {
+                if matches!(ev.ev, Kind::Message | Kind::Direct | Kind::Batch) {
+                    self.t.delivery_frames += 1;
+                }
                 let now = now_ns();
                 self.on_event(ev, now, plan, sh);
             }

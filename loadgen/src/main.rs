@@ -39,7 +39,7 @@ use workloads::timed::Timing;
 #[derive(Parser, Debug)]
 #[command(
     name = "loadgen",
-    about = "roomcast load generator (W1-W6 of design/bench.md)"
+    about = "roomcast load generator (W1-W7 of design/bench.md)"
 )]
 struct Cli {
     /// Server instances: ws://127.0.0.1:PORT[/ws] or 127.0.0.1:PORT,
@@ -119,6 +119,8 @@ enum Workload {
     W4(OfflineArgs),
     /// Big room: one room, one publisher.
     W5(BigRoomArgs),
+    /// Game tick: every client publishes its position with a latest-wins key.
+    W7(GameArgs),
     /// Server API: batches of publishes POSTed to /api/batch.
     W8(ServerApiArgs),
 }
@@ -142,6 +144,19 @@ struct ServerApiArgs {
     /// An API key the servers accept (`--api-keys`).
     #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]
     api_key: String,
+    #[command(flatten)]
+    timing: TimingArgs,
+}
+
+#[derive(Args, Debug)]
+struct GameArgs {
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    #[arg(long, default_value_t = 100)]
+    rooms: usize,
+    /// Messages/s per client.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
     #[command(flatten)]
     timing: TimingArgs,
 }
@@ -345,6 +360,9 @@ async fn run(ctx: &Ctx, w: &Workload) -> anyhow::Result<report::Report> {
             timed::fanout(ctx, "W1", a.clients, a.rooms, a.rate, a.timing.into()).await
         }
         Workload::W5(a) => timed::fanout(ctx, "W5", a.clients, 1, a.rate, a.timing.into()).await,
+        Workload::W7(a) => {
+            timed::game(ctx, "W7", a.clients, a.rooms, a.rate, a.timing.into()).await
+        }
         Workload::W3(a) => timed::direct(ctx, "W3", a.pairs, a.rate, a.timing.into()).await,
         Workload::W2(a) => idle::idle(ctx, "W2", a.clients, a.rooms, a.settle, a.hold).await,
         Workload::W8(a) => {

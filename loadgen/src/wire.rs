@@ -41,14 +41,29 @@ struct OutFrame<'a> {
     to: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<OutData<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
 }
 
 /// A client operation the loadgen sends.
 pub enum Op<'a> {
-    Join { id: u64, room: &'a str },
-    Publish { room: &'a str, stamp: Stamp },
-    Send { to: &'a str, stamp: Stamp },
-    Ping { id: u64 },
+    Join {
+        id: u64,
+        room: &'a str,
+    },
+    Publish {
+        room: &'a str,
+        stamp: Stamp,
+        /// Latest-wins key (W7).
+        key: Option<&'a str>,
+    },
+    Send {
+        to: &'a str,
+        stamp: Stamp,
+    },
+    Ping {
+        id: u64,
+    },
 }
 
 /// Encodes one operation into a WebSocket message of the codec's frame type.
@@ -68,13 +83,15 @@ pub fn encode(codec: Codec, op: &Op<'_>, pad: &str) -> anyhow::Result<Message> {
             room: Some(room),
             to: None,
             data: None,
+            key: None,
         },
-        Op::Publish { room, stamp } => OutFrame {
+        Op::Publish { room, stamp, key } => OutFrame {
             op: "publish",
             id: None,
             room: Some(room),
             to: None,
             data: data(stamp),
+            key: *key,
         },
         Op::Send { to, stamp } => OutFrame {
             op: "send",
@@ -82,6 +99,7 @@ pub fn encode(codec: Codec, op: &Op<'_>, pad: &str) -> anyhow::Result<Message> {
             room: None,
             to: Some(to),
             data: data(stamp),
+            key: None,
         },
         Op::Ping { id } => OutFrame {
             op: "ping",
@@ -89,6 +107,7 @@ pub fn encode(codec: Codec, op: &Op<'_>, pad: &str) -> anyhow::Result<Message> {
             room: None,
             to: None,
             data: None,
+            key: None,
         },
     };
     let bytes = codec.encode(&frame)?;
@@ -250,7 +269,16 @@ mod tests {
     #[test]
     fn publish_encodes_stamp_and_padding() {
         let stamp = Stamp { t: 9, p: 2, s: 7 };
-        let msg = encode(Codec::Json, &Op::Publish { room: "r1", stamp }, "xx").expect("encode");
+        let msg = encode(
+            Codec::Json,
+            &Op::Publish {
+                room: "r1",
+                stamp,
+                key: None,
+            },
+            "xx",
+        )
+        .expect("encode");
         let Message::Text(text) = msg else {
             panic!("json must be a text frame")
         };

@@ -33,6 +33,9 @@ pub struct RoomMessage {
     pub data: Data,
     pub ts: u64,
     pub mid: String,
+    /// Latest-wins key (see [`crate::delivery`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Rooms with history: the message's offset and the room's epoch
     /// (on Redis channels the publish script writes them; `wire.rs`).
     #[serde(skip)]
@@ -52,6 +55,7 @@ impl RoomMessage {
             mid: Cow::Borrowed(&self.mid),
             offset: self.offset,
             epoch: self.epoch.as_deref().map(Cow::Borrowed),
+            key: self.key.as_deref().map(Cow::Borrowed),
         }
     }
 }

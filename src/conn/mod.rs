@@ -262,9 +262,10 @@ async fn run(
             Ok(Done::Replied)
         }
         Command::Leave { room } => node.leave(conn, &room).await.map(|()| Done::Ack),
-        Command::Publish { room, data } => {
-            node.publish(conn, &room, data).await.map(|()| Done::Ack)
-        }
+        Command::Publish { room, data, key } => node
+            .publish_keyed(conn, &room, data, key)
+            .await
+            .map(|()| Done::Ack),
         Command::Send { to, data } => node
             .send(conn, &to, data)
             .await

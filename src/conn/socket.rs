@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -16,8 +17,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
-use super::handle::{ConnHandle, DirectWrite, Outbound, Outbox};
+use super::handle::{ConnHandle, DirectWrite, Outbound, Outbox, Take, mono_instant};
 use crate::fanout;
 use crate::protocol::{CloseCode, Codec};
 use crate::ws::{self, Incoming, Parser};
@@ -75,6 +77,9 @@ pub struct Socket {
     write: WriteSide,
     /// Bad frames seen; nothing is read after them.
     bad: Option<Bad>,
+    /// The timer of held room messages, only while some are held (idle
+    /// connections carry no timer): their deadline and its sleep.
+    hold: Option<(u64, Pin<Box<Sleep>>)>,
 }
 
 /// What follows bad frames. The complete messages that arrived before them
@@ -127,6 +132,7 @@ impl Socket {
             incoming: VecDeque::new(),
             write: WriteSide::new(codec, batch),
             bad: None,
+            hold: None,
         };
         if !early.is_empty() {
             socket.bad = socket
@@ -166,10 +172,26 @@ impl Socket {
                     if let Some(code) = w.close_after {
                         return Poll::Ready(Event::End(Ending::Queued(code)));
                     }
-                    conn.outbox.take_all(&mut w.items);
-                    if !w.items.is_empty() {
-                        w.enqueue();
-                        continue;
+                    let due = self
+                        .hold
+                        .as_mut()
+                        .is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready());
+                    match conn.outbox.take(&mut w.items, due) {
+                        Take::Taken => {
+                            self.hold = None;
+                            w.enqueue();
+                            continue;
+                        }
+                        Take::Empty => self.hold = None,
+                        Take::HeldUntil(at) => {
+                            if self.hold.as_ref().is_none_or(|(t, _)| *t != at) {
+                                let deadline = tokio::time::Instant::from_std(mono_instant(at));
+                                self.hold =
+                                    Some((at, Box::pin(tokio::time::sleep_until(deadline))));
+                                // Polled once so that it wakes the task.
+                                continue;
+                            }
+                        }
                     }
                 }
                 Poll::Pending => {}
@@ -399,8 +421,10 @@ impl WriteSide {
                     self.first_started = self.out.is_empty();
                     self.out.push_back(rest);
                 }
-                Outbound::Frame(f) if !self.batch => self.out.push_back(f),
-                Outbound::Frame(f) => data.push(f),
+                Outbound::Frame(f) | Outbound::Keyed { frame: f, .. } if !self.batch => {
+                    self.out.push_back(f)
+                }
+                Outbound::Frame(f) | Outbound::Keyed { frame: f, .. } => data.push(f),
                 Outbound::Queued { frames, upto } => {
                     if self.batch {
                         data.extend(frames);

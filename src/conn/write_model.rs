@@ -2,11 +2,14 @@
 //! interleaving, up to a bounded depth, of pushers writing directly (the
 //! socket taking all, part or none of a write), the task taking, claiming
 //! and writing, client pings, the task ending (killed or after a queued
-//! close) and the final shut and close, run on the real [`Outbox`] and
+//! close), room messages held by a write delay and latest-wins messages
+//! replacing unsent ones of the same key, and the final shut and close,
+//! run on the real [`Outbox`] and
 //! [`WriteSide`] against a simulated socket. After every step the bytes on
 //! the wire must be whole frames (the last one possibly still being
 //! written), data frames in push order, and at the end at most one close
-//! frame, after whole frames only.
+//! frame, after whole frames only. A replaced keyed frame never reaches
+//! the wire, and the data frames that do are a subsequence of the pushes.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -14,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::WriteSide;
-use crate::conn::handle::{DirectWrite, Outbound, Outbox, PushError};
+use crate::conn::handle::{Delivery, DirectWrite, Outbound, Outbox, PushError, Take};
 use crate::protocol::Codec;
 use crate::ws;
 
@@ -74,6 +77,11 @@ impl DirectWrite for Sim {
 enum Action {
     /// A pusher pushes the next data frame; a direct write meets `Accept`.
     Push(Accept),
+    /// A pusher pushes the next data frame with the latest-wins key `k`
+    /// and no delay; a direct write meets `Accept`.
+    PushKeyed(Accept),
+    /// A pusher pushes the next data frame, keyed `k`, with a write delay.
+    PushHeld,
     /// The keepalive sweep pushes a ping.
     PushPing,
     /// A queued close (`close_after_queue`).
@@ -82,6 +90,9 @@ enum Action {
     TaskWrite(Accept),
     /// The task takes the queue (only once what it took is written).
     TaskTake,
+    /// The task looks at the queue before held messages are due: it takes
+    /// everything, or nothing while only held messages wait.
+    TaskTakeEarly,
     /// A client ping reaches the task, which answers it.
     ClientPing,
     /// The task is killed and stops.
@@ -91,16 +102,19 @@ enum Action {
     Shut { reads: bool },
 }
 
-const ACTIONS: [Action; 13] = [
+const ACTIONS: [Action; 16] = [
     Action::Push(Accept::All),
     Action::Push(Accept::Part),
     Action::Push(Accept::Zero),
+    Action::PushKeyed(Accept::Part),
+    Action::PushHeld,
     Action::PushPing,
     Action::PushClose,
     Action::TaskWrite(Accept::All),
     Action::TaskWrite(Accept::Part),
     Action::TaskWrite(Accept::Zero),
     Action::TaskTake,
+    Action::TaskTakeEarly,
     Action::ClientPing,
     Action::Kill,
     Action::Shut { reads: true },
@@ -110,6 +124,13 @@ const ACTIONS: [Action; 13] = [
 /// Queue capacity in the model: small, so a full queue is reached.
 const CAPACITY: usize = 2;
 const KILL_CODE: u16 = 4000;
+/// A write delay no model run outlasts.
+const HELD_US: u64 = 60_000_000;
+
+/// The one latest-wins key of the model.
+fn key() -> Arc<str> {
+    Arc::from("room\0k")
+}
 const QUEUED_CODE: u16 = 1001;
 
 struct Model {
@@ -118,6 +139,8 @@ struct Model {
     task: WriteSide,
     /// Data frames accepted by the outbox, in push order.
     pushed: Vec<Bytes>,
+    /// Keyed frames that a newer one replaced: never on the wire.
+    replaced: Vec<Bytes>,
     pongs: Vec<Bytes>,
     next: u8,
     /// The task stopped: killed, or its queued close came up.
@@ -129,13 +152,14 @@ struct Model {
 impl Model {
     fn new() -> Model {
         let sim = Arc::new(Sim::default());
-        let outbox = Outbox::new(CAPACITY);
+        let outbox = Outbox::with_direct_gap(CAPACITY, 0);
         outbox.set_stream(sim.clone());
         Model {
             sim,
             outbox,
             task: WriteSide::new(Codec::Json, false),
             pushed: Vec::new(),
+            replaced: Vec::new(),
             pongs: Vec::new(),
             next: 0,
             ended: None,
@@ -144,32 +168,61 @@ impl Model {
         }
     }
 
+    fn next_frame(&mut self) -> Bytes {
+        let frame = ws::frame(ws::OP_TEXT, format!("data-{:02}", self.next).as_bytes());
+        self.next += 1;
+        frame
+    }
+
     /// Whether `action` can happen now.
     fn allowed(&self, action: Action) -> bool {
         let running = self.ended.is_none();
         match action {
             _ if self.shut => false,
-            Action::Push(_) | Action::PushPing | Action::PushClose => true,
+            Action::Push(_)
+            | Action::PushKeyed(_)
+            | Action::PushHeld
+            | Action::PushPing
+            | Action::PushClose => true,
             Action::TaskWrite(_) => running && !self.task.is_flushed(),
-            Action::TaskTake => running && self.task.is_flushed(),
+            Action::TaskTake | Action::TaskTakeEarly => running && self.task.is_flushed(),
             Action::ClientPing | Action::Kill => running,
             Action::Shut { .. } => !running,
         }
     }
 
     fn push(&mut self, item: Outbound, accept: Accept) {
+        self.push_with(item, accept, 0);
+    }
+
+    fn push_with(&mut self, item: Outbound, accept: Accept, delay_us: u64) {
         self.sim.wire().accept = Some(accept);
         let data = match &item {
-            Outbound::Frame(f) => Some(f.clone()),
+            Outbound::Frame(f) | Outbound::Keyed { frame: f, .. } => Some(f.clone()),
             _ => None,
         };
-        match self.outbox.push(item) {
+        let before = self.outbox.queued_keyed();
+        let result = match item {
+            Outbound::Keyed { frame, key } => self.outbox.push_room(
+                frame,
+                &Delivery {
+                    delay_us,
+                    key: Some(key),
+                },
+            ),
+            item => self.outbox.push(item),
+        };
+        match result {
             Ok(_) => self.pushed.extend(data),
             // A full queue drops the item (the `drop` policy; a kill is
             // its own action).
             Err(PushError::Full) => {}
             Err(PushError::Closed) => panic!("a push failed before the shut"),
         }
+        // A keyed frame queued before a push and gone after it was replaced.
+        let after = self.outbox.queued_keyed();
+        self.replaced
+            .extend(before.into_iter().filter(|f| !after.contains(f)));
         // A push that made no direct write leaves `accept` unused.
         self.sim.wire().accept = None;
     }
@@ -177,9 +230,18 @@ impl Model {
     fn step(&mut self, action: Action) {
         match action {
             Action::Push(accept) => {
-                let frame = ws::frame(ws::OP_TEXT, format!("data-{:02}", self.next).as_bytes());
-                self.next += 1;
+                let frame = self.next_frame();
                 self.push(Outbound::Frame(frame), accept);
+            }
+            Action::PushKeyed(accept) => {
+                let frame = self.next_frame();
+                self.push_with(Outbound::Keyed { frame, key: key() }, accept, 0);
+            }
+            Action::PushHeld => {
+                let frame = self.next_frame();
+                // Never due in the model: only a take that must take
+                // everything takes it.
+                self.push_with(Outbound::Keyed { frame, key: key() }, Accept::All, HELD_US);
             }
             Action::PushPing => self.push(Outbound::Ping, Accept::All),
             Action::PushClose => self.push(
@@ -196,6 +258,13 @@ impl Model {
             }
             Action::TaskTake => {
                 self.outbox.take_all(&mut self.task.items);
+                self.task.enqueue();
+            }
+            Action::TaskTakeEarly => {
+                let queued = self.outbox.queued_keyed().len();
+                if let Take::HeldUntil(_) = self.outbox.take(&mut self.task.items, false) {
+                    assert_eq!(self.outbox.queued_keyed().len(), queued, "held, not taken");
+                }
                 self.task.enqueue();
             }
             Action::ClientPing => {
@@ -242,6 +311,9 @@ impl Model {
             let frame = &wire[at..at + len];
             assert!(!closed, "a frame after the close frame: {trace:?}");
             match ws::opcode(frame) {
+                ws::OP_TEXT if self.replaced.iter().any(|r| r.as_ref() == frame) => {
+                    panic!("a replaced keyed frame was written: {frame:?} after {trace:?}")
+                }
                 ws::OP_TEXT => assert!(
                     data.any(|d| d.as_ref() == frame),
                     "not a pushed data frame, or out of order: {frame:?} after {trace:?}"

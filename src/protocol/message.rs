@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 /// Longest client-chosen request id, in bytes, when it is a string.
 pub const MAX_REQ_ID_LEN: usize = 64;
 
+/// Longest latest-wins `key` of a publish, in bytes.
+pub const MAX_KEY_LEN: usize = 128;
+
 /// A client-chosen request id: an unsigned integer or a short string,
 /// echoed back unchanged, in the type it came in, in the answer it causes.
 /// Nothing else is an id: null, MessagePack nil and bin, negative numbers
@@ -103,6 +106,9 @@ pub struct ClientFrame {
     /// `history`: how many of the latest messages to read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// `publish` only: the latest-wins key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// A position in a room's history: the offset of the last message a client
@@ -161,6 +167,11 @@ impl ClientFrame {
         self.limit = Some(limit);
         self
     }
+
+    pub fn key(mut self, key: &str) -> Self {
+        self.key = Some(key.to_owned());
+        self
+    }
 }
 
 impl From<u64> for ReqId {
@@ -188,6 +199,9 @@ pub enum ClientOp {
     Publish {
         room: String,
         data: Data,
+        /// Latest-wins key: an unsent message of the same room and key is
+        /// replaced by this one.
+        key: Option<String>,
     },
     Send {
         to: String,
@@ -274,6 +288,15 @@ impl ClientFrame {
             "publish" => ClientOp::Publish {
                 room: need(self.room, "room")?,
                 data: self.data.unwrap_or_else(Data::null),
+                key: match self.key {
+                    Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => {
+                        return Err(reject(
+                            ErrorCode::BadRequest,
+                            format!("key must be 1 to {MAX_KEY_LEN} bytes"),
+                        ));
+                    }
+                    k => k,
+                },
             },
             "send" => ClientOp::Send {
                 to: need(self.to, "to")?,
@@ -394,6 +417,9 @@ pub enum ServerEvent<'a> {
         data: Cow<'a, Data>,
         ts: u64,
         mid: Cow<'a, str>,
+        /// The latest-wins key the message was published with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<Cow<'a, str>>,
         /// Rooms with history: the message's place in the room's history.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
@@ -457,5 +483,13 @@ pub enum ServerEvent<'a> {
         room: Cow<'a, str>,
         epoch: Cow<'a, str>,
         offset: u64,
+    },
+    /// The joins and leaves of a room over one presence interval (with
+    /// `--presence-interval-ms`, instead of `joined` and `left`).
+    PresenceDiff {
+        room: Cow<'a, str>,
+        joins: Vec<Cow<'a, str>>,
+        leaves: Vec<Cow<'a, str>>,
+        count: u64,
     },
 }

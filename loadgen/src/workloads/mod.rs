@@ -46,6 +46,36 @@ impl Ctx {
         format!("{}r{i}", self.prefix).into()
     }
 
+    /// A counter's value summed over every target's `/metrics` (`None`
+    /// when one cannot be read: a peer server has no such page).
+    pub async fn server_counter(&self, name: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut total = 0.0;
+        for t in &self.targets {
+            let read = async {
+                let mut tcp = tokio::net::TcpStream::connect(t.addr).await.ok()?;
+                let req = format!(
+                    "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                    t.addr
+                );
+                tcp.write_all(req.as_bytes()).await.ok()?;
+                let mut text = String::new();
+                tcp.read_to_string(&mut text).await.ok()?;
+                Some(text)
+            };
+            let text = tokio::time::timeout(Duration::from_secs(5), read)
+                .await
+                .ok()??;
+            let value = text.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })?;
+            total += value;
+        }
+        Some(total)
+    }
+
     /// Longest wait for all clients to connect: waves of
     /// `connect_concurrency`, each bounded by the setup timeout, capped.
     pub fn connect_deadline(&self, clients: usize) -> Duration {

@@ -74,6 +74,7 @@ pub async fn fanout(
                 period_ns,
                 // Spread the rooms' sends evenly over one period.
                 phase_ns: period_ns * r as u64 / rooms as u64,
+                key: None,
             };
         }
     }
@@ -93,6 +94,79 @@ pub async fn fanout(
         report,
     )
     .await
+}
+
+/// W7, the game tick: `clients` split evenly over the instances and over
+/// `rooms` rooms (members on every instance), every client publishing its
+/// position at `rate` messages/s with the latest-wins key `pos:<client>`.
+/// A replaced message counts as expected but not received, so
+/// `expected - received` is what latest-wins (and nothing else, with 0
+/// loss of unkeyed messages elsewhere) left out.
+pub async fn game(
+    ctx: &Ctx,
+    id: &str,
+    clients: usize,
+    rooms: usize,
+    rate: f64,
+    timing: Timing,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(rooms > 0 && clients >= rooms, "need clients >= rooms > 0");
+    anyhow::ensure!(rate > 0.0, "rate must be positive");
+    let n = ctx.targets.len();
+    let room_names: Vec<Arc<str>> = (0..rooms).map(|r| ctx.room(r)).collect();
+    let room_of = |i: usize| (i / n) % rooms;
+    let period_ns = (1e9 / rate) as u64;
+    let specs: Vec<ClientSpec> = (0..clients)
+        .map(|i| ClientSpec {
+            user: ctx.user("g", i),
+            target: i % n,
+            rooms: vec![Arc::clone(&room_names[room_of(i)])],
+            groups: vec![room_of(i) as u32],
+            role: Role::Publish {
+                room: Arc::clone(&room_names[room_of(i)]),
+                publisher: i as u32,
+                period_ns,
+                // Spread the clients' sends evenly over one period.
+                phase_ns: period_ns * i as u64 / clients as u64,
+                key: Some(format!("pos:{i}").into()),
+            },
+            expect: 0,
+        })
+        .collect();
+    let group_of: Vec<u32> = (0..clients).map(|i| room_of(i) as u32).collect();
+    let mut report = ctx.report(id, clients, rooms);
+    report.target_rate = Some(rate);
+    let members = clients as f64 / rooms as f64;
+    report.detail.insert(
+        "target_delivery_rate".into(),
+        json!(rate * clients as f64 * members),
+    );
+    let before = ctx.server_counter("roomcast_keyed_replaced_total").await;
+    let mut report = run(
+        ctx,
+        specs,
+        clients,
+        &group_of,
+        clients as f64 * rate,
+        timing,
+        report,
+    )
+    .await?;
+    let after = ctx.server_counter("roomcast_keyed_replaced_total").await;
+    let d = &mut report.detail;
+    if let (Some(b), Some(a)) = (before, after) {
+        d.insert("replaced".into(), json!(a - b));
+    }
+    let cpu: Option<f64> = report.server_cpu_s.iter().copied().sum();
+    if let Some(cpu) = cpu
+        && report.expected > 0
+    {
+        d.insert(
+            "server_cpu_us_per_expected_delivery".into(),
+            json!(round3(cpu * 1e6 / report.expected as f64)),
+        );
+    }
+    Ok(report)
 }
 
 /// W3: `pairs` senders on the first instance, each sending direct messages
@@ -243,6 +317,14 @@ async fn run(
         .filter(|_| totals.received_window > 0)
         .map(|cpu| round3(cpu * 1e6 / totals.received_window as f64));
     put_totals(&mut report, &sh, &totals, aborted);
+    if totals.delivery_frames > 0 {
+        report.detail.insert(
+            "messages_per_frame".into(),
+            json!(round3(
+                totals.received_total as f64 / totals.delivery_frames as f64
+            )),
+        );
+    }
 
     let achieved = totals.published_window as f64 / window_s;
     let behind = achieved < 0.99 * target_publish_rate

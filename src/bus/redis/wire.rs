@@ -3,7 +3,8 @@
 //! into rooms with a plain `PUBLISH` (see ARCHITECTURE.md).
 //!
 //! - Room channel `P:room:<room>`:
-//!   `{"origin":"<instance>","type":"message","from":"bob","data":..,"ts":..,"mid":".."}`,
+//!   `{"origin":"<instance>","type":"message","from":"bob","data":..,"ts":..,"mid":".."}`
+//!   (plus `"key":".."` for a latest-wins message),
 //!   `{"origin":..,"type":"joined","user":"bob","count":3}`, and `left` alike.
 //!   `origin` comes first so an instance skips its own messages with a
 //!   prefix test instead of a parse.
@@ -46,6 +47,8 @@ struct RoomOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     mid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     count: Option<u64>,
@@ -60,6 +63,7 @@ struct RoomIn {
     data: Option<Data>,
     ts: Option<u64>,
     mid: Option<String>,
+    key: Option<String>,
     user: Option<String>,
     count: Option<u64>,
     /// History rooms: set by the publish script.
@@ -81,6 +85,7 @@ pub fn encode_room(origin: &str, event: &RoomEvent) -> Result<String, serde_json
             data: Some(&m.data),
             ts: Some(m.ts),
             mid: Some(&m.mid),
+            key: m.key.as_deref(),
             user: None,
             count: None,
         },
@@ -95,6 +100,7 @@ pub fn encode_room(origin: &str, event: &RoomEvent) -> Result<String, serde_json
             data: None,
             ts: None,
             mid: None,
+            key: None,
             user: Some(user),
             count: Some(*count),
         },
@@ -116,6 +122,7 @@ pub fn decode_room(payload: &[u8]) -> Result<RoomEvent, String> {
                 .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
             offset: r.offset,
             epoch: r.epoch.map(Into::into),
+            key: r.key,
         })),
         "joined" => Ok(RoomEvent::Joined {
             user: r.user.ok_or("joined without user")?,
@@ -268,6 +275,7 @@ mod tests {
             mid: "m-1".into(),
             offset: None,
             epoch: None,
+            key: Some("pos:1".into()),
         });
         let s = encode_room("i-1", &ev).expect("encode");
         assert!(s.starts_with(&origin_prefix("i-1")));
