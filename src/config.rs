@@ -753,6 +753,7 @@ impl TryFrom<ServeArgs> for Config {
             admin: AdminConfig {
                 stats_interval: Duration::from_millis(a.admin_stats_interval_ms),
                 top_rooms: a.admin_top_rooms.min(1000),
+            },
             delivery: DeliveryConfig {
                 write_delays: crate::delivery::WriteDelays {
                     global: write_delay,

@@ -282,7 +282,7 @@ impl Node {
                 "join the room before publishing to it",
             ));
         }
-        self.publish_as(unscoped(&conn.user), room, data).await?;
+        self.publish_as(unscoped(&conn.user), room, data, key).await?;
         Ok(())
     }
 
@@ -294,6 +294,7 @@ impl Node {
         from: &str,
         room: &Arc<str>,
         data: Data,
+        key: Option<String>,
     ) -> Result<Stamp, OpError> {
         let msg = RoomMessage {
             from: from.to_owned(),

@@ -358,6 +358,7 @@ mod tests {
             let publish = s.command(ClientOp::Publish {
                 room: ADMIN_STATS_ROOM.into(),
                 data: Data::null(),
+                key: None,
             });
             assert!(matches!(
                 publish,

@@ -286,7 +286,7 @@ pub async fn run(node: &Node, action: Action) -> Result<Done, ApiError> {
         Action::Publish { room, data } => {
             super::metric::item("publish");
             let stamp = node
-                .publish_as(FROM, &room, data)
+                .publish_as(FROM, &room, data, None)
                 .await
                 .map_err(unavailable)?;
             Ok(Done {

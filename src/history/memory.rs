@@ -153,6 +153,7 @@ mod tests {
             mid: format!("m{n}"),
             offset: None,
             epoch: None,
+            key: None,
         }
     }
 

@@ -561,6 +561,7 @@ mod tests {
             mid: format!("m{offset}"),
             offset: Some(offset),
             epoch: Some(epoch.into()),
+            key: None,
         }
     }
 
