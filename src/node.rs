@@ -282,7 +282,8 @@ impl Node {
                 "join the room before publishing to it",
             ));
         }
-        self.publish_as(unscoped(&conn.user), room, data, key).await?;
+        self.publish_as(unscoped(&conn.user), room, data, key)
+            .await?;
         Ok(())
     }
 

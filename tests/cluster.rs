@@ -635,11 +635,33 @@ async fn a_cached_route_learns_of_a_new_instance_of_the_user() {
     send_numbered(&mut alice, "bob", 0, 2).await;
     assert_eq!(directs(&mut bob_b, 2).await, live(0..2));
     // A second connection on another instance: a knows only b until the
-    // attach announces the new route.
+    // attach's `route_added` notice reaches it (through pub/sub, so a
+    // message sent in that moment may still go to b alone). Without the
+    // notice bob_c would never hear from alice.
     let mut bob_c = c.connect("bob").await;
+    let mut learnt = false;
+    for probe in 0..50 {
+        alice.send_to("bob", json!({"probe": probe})).await;
+        if let Some(ev) = bob_c.try_recv(Duration::from_millis(100)).await
+            && direct_data(&ev).is_some()
+        {
+            learnt = true;
+            break;
+        }
+    }
+    assert!(learnt, "a never learnt of bob's route on c");
     send_numbered(&mut alice, "bob", 2, 3).await;
-    assert_eq!(directs(&mut bob_b, 3).await, live(2..5));
-    assert_eq!(directs(&mut bob_c, 3).await, live(2..5));
+    for bob in [&mut bob_b, &mut bob_c] {
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let ev = bob.recv_matching(|e| direct_data(e).is_some()).await;
+            let (_, data, queued) = direct_data(&ev).expect("direct");
+            if data.is_i64() {
+                got.push((data, queued));
+            }
+        }
+        assert_eq!(got, live(2..5));
+    }
 }
 
 #[tokio::test]
