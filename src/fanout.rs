@@ -23,11 +23,15 @@ use crate::ws;
 /// for JSON, binary for MessagePack. The frame is complete, header
 /// included, so every recipient gets the very same bytes.
 pub fn to_frame(codec: Codec, payload: &[u8]) -> Bytes {
-    let op = match codec {
+    ws::frame(opcode(codec), payload)
+}
+
+/// The frame opcode of a codec's messages.
+pub fn opcode(codec: Codec) -> u8 {
+    match codec {
         Codec::Json => ws::OP_TEXT,
         Codec::MsgPack => ws::OP_BINARY,
-    };
-    ws::frame(op, payload)
+    }
 }
 
 /// Encodes one event for one codec into a frame.

@@ -167,7 +167,7 @@ impl Node {
 
     fn next_mid(&self) -> String {
         let n = self.mid_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:x}", self.mid_prefix)
+        mid_text(&self.mid_prefix, n)
     }
 
     /// Joins a room: local maps first, then the bus's routing (rolled back
@@ -419,4 +419,28 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A message id: `<prefix>-<n in hex>`, written without the formatting
+/// machinery (once per message, on the publish path).
+fn mid_text(prefix: &str, n: u64) -> String {
+    let digits = (64 - (n | 1).leading_zeros()).div_ceil(4);
+    let mut mid = String::with_capacity(prefix.len() + 1 + digits as usize);
+    mid.push_str(prefix);
+    mid.push('-');
+    for i in (0..digits).rev() {
+        let d = ((n >> (i * 4)) & 0xf) as u32;
+        mid.push(char::from_digit(d, 16).unwrap_or('0'));
+    }
+    mid
+}
+
+#[cfg(test)]
+mod mid_tests {
+    #[test]
+    fn mid_text_is_prefix_dash_lower_hex() {
+        for n in [0u64, 1, 9, 10, 15, 16, 255, 256, 0xdead_beef, u64::MAX] {
+            assert_eq!(super::mid_text("a1b2c3d4", n), format!("a1b2c3d4-{n:x}"));
+        }
+    }
 }

@@ -31,9 +31,15 @@ pub const PING: Bytes = Bytes::from_static(&[0x80 | OP_PING, 0]);
 
 /// Builds a complete, unmasked, final frame.
 pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(header_len(payload.len()) + payload.len());
+    frame_with(opcode, payload.len(), |out| out.put_slice(payload))
+}
+
+/// A complete unmasked frame whose `len` payload bytes `fill` appends: the
+/// buffer is sized once and the payload copied once.
+pub fn frame_with(opcode: u8, len: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut out = BytesMut::with_capacity(header_len(len) + len);
     out.put_u8(0x80 | opcode);
-    match payload.len() {
+    match len {
         n if n < 126 => out.put_u8(n as u8),
         n if n <= u16::MAX as usize => {
             out.put_u8(126);
@@ -44,7 +50,12 @@ pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
             out.put_u64(n as u64);
         }
     }
-    out.put_slice(payload);
+    fill(&mut out);
+    debug_assert_eq!(
+        out.len(),
+        header_len(len) + len,
+        "frame length as announced"
+    );
     out.freeze()
 }
 

@@ -15,7 +15,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use socket2::SockRef;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
@@ -238,7 +239,7 @@ impl Socket {
                 Poll::Pending => return Poll::Pending,
             }
             let mut chunk = [0u8; READ_CHUNK];
-            match self.stream.try_read(&mut chunk) {
+            match read_draining(&self.stream, &mut chunk) {
                 Ok(0) => return Poll::Ready(Event::End(Ending::Gone)),
                 Ok(n) => {
                     conn.seen();
@@ -319,6 +320,30 @@ impl Socket {
             })
             .await;
         }
+    }
+}
+
+/// Reads what the socket holds into `chunk`. A short read took everything
+/// the kernel had, so the socket's read readiness is cleared with it: the
+/// next turn waits for new bytes instead of asking the kernel once more
+/// only to hear `WouldBlock` (one `recv` per arriving message instead of
+/// two). Clearing is safe against bytes that arrive meanwhile: tokio keeps
+/// the readiness when an event came after the one this read used.
+fn read_draining(stream: &TcpStream, chunk: &mut [u8]) -> io::Result<usize> {
+    let mut got = None;
+    let drained = stream.try_io(Interest::READABLE, || {
+        let n = io::Read::read(&mut &*SockRef::from(stream), chunk)?;
+        got = Some(n);
+        if n > 0 && n < chunk.len() {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match (got, drained) {
+        (Some(n), _) => Ok(n),
+        (None, Err(e)) => Err(e),
+        (None, Ok(())) => Err(io::ErrorKind::WouldBlock.into()),
     }
 }
 
@@ -459,9 +484,13 @@ impl WriteSide {
             0 => {}
             1 => self.out.extend(data),
             _ => {
-                let payloads = data.as_slice().iter().map(|f| ws::payload(f));
-                let joined = self.codec.batch(payloads);
-                self.out.push_back(fanout::to_frame(self.codec, &joined));
+                let frames = data.as_slice();
+                let payloads = || frames.iter().map(|f| ws::payload(f));
+                let parts = self.codec.batch_parts(frames.len());
+                let len = parts.len(payloads());
+                let op = fanout::opcode(self.codec);
+                let frame = ws::frame_with(op, len, |out| parts.write(payloads(), out));
+                self.out.push_back(frame);
             }
         }
     }

@@ -134,33 +134,77 @@ impl Codec {
     /// what encoding [`ServerEvent::Batch`](super::message::ServerEvent::Batch)
     /// would give, without re-encoding.
     pub fn batch<'a>(self, events: impl ExactSizeIterator<Item = &'a [u8]>) -> Bytes {
-        let n = events.len();
+        let parts = self.batch_parts(events.len());
         let mut out = BytesMut::new();
+        parts.write(events, &mut out);
+        out.freeze()
+    }
+
+    /// How a `batch` event of `n` encoded events is laid out, so that a
+    /// writer can size its buffer once and copy each event once.
+    pub fn batch_parts(self, n: usize) -> BatchParts {
         match self {
-            Codec::Json => {
-                out.put_slice(br#"{"ev":"batch","events":["#);
-                for (i, ev) in events.enumerate() {
-                    if i > 0 {
-                        out.put_u8(b',');
-                    }
-                    out.put_slice(ev);
-                }
-                out.put_slice(b"]}");
-            }
+            Codec::Json => BatchParts {
+                head: BatchHead::Static(br#"{"ev":"batch","events":["#),
+                sep: b",",
+                tail: b"]}",
+            },
             Codec::MsgPack => {
-                let mut w = (&mut out).writer();
-                // Writing into a BytesMut cannot fail, so the results carry no information.
-                let _ = rmp::encode::write_map_len(&mut w, 2);
-                let _ = rmp::encode::write_str(&mut w, "ev");
-                let _ = rmp::encode::write_str(&mut w, "batch");
-                let _ = rmp::encode::write_str(&mut w, "events");
-                let _ = rmp::encode::write_array_len(&mut w, n as u32);
-                for ev in events {
-                    out.put_slice(ev);
+                let mut head = Vec::with_capacity(24);
+                // Writing into a Vec cannot fail, so the results carry no information.
+                let _ = rmp::encode::write_map_len(&mut head, 2);
+                let _ = rmp::encode::write_str(&mut head, "ev");
+                let _ = rmp::encode::write_str(&mut head, "batch");
+                let _ = rmp::encode::write_str(&mut head, "events");
+                let _ = rmp::encode::write_array_len(&mut head, n as u32);
+                BatchParts {
+                    head: BatchHead::Built(head),
+                    sep: b"",
+                    tail: b"",
                 }
             }
         }
-        out.freeze()
+    }
+}
+
+/// The bytes around the events of a `batch` event ([`Codec::batch_parts`]).
+pub struct BatchParts {
+    head: BatchHead,
+    sep: &'static [u8],
+    tail: &'static [u8],
+}
+
+enum BatchHead {
+    Static(&'static [u8]),
+    Built(Vec<u8>),
+}
+
+impl BatchParts {
+    /// The encoded length of the batch of these events.
+    pub fn len<'a>(&self, events: impl ExactSizeIterator<Item = &'a [u8]>) -> usize {
+        let n = events.len();
+        let head = match &self.head {
+            BatchHead::Static(h) => h.len(),
+            BatchHead::Built(h) => h.len(),
+        };
+        head + events.map(<[u8]>::len).sum::<usize>()
+            + self.sep.len() * n.saturating_sub(1)
+            + self.tail.len()
+    }
+
+    /// Appends the batch of these events to `out`.
+    pub fn write<'a>(&self, events: impl Iterator<Item = &'a [u8]>, out: &mut BytesMut) {
+        out.put_slice(match &self.head {
+            BatchHead::Static(h) => h,
+            BatchHead::Built(h) => h,
+        });
+        for (i, ev) in events.enumerate() {
+            if i > 0 {
+                out.put_slice(self.sep);
+            }
+            out.put_slice(ev);
+        }
+        out.put_slice(self.tail);
     }
 }
 
