@@ -9,8 +9,6 @@ use std::time::Duration;
 use common::*;
 use roomcast::protocol::{Codec, ServerEvent};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const KEY: &str = "api-key-0123456789abcdef";
 const OLD_KEY: &str = "api-key-old-0123456789";
@@ -30,42 +28,15 @@ async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Answer {
-    let mut s = TcpStream::connect(addr).await.expect("connect http");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    s.write_all(body).await.expect("write body");
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .expect("http timeout")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").expect("http answer");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let body = if body.is_empty() {
+    let a = http_request(method, &format!("http://{addr}{path}"), headers, body).await;
+    let body = if a.body.is_empty() {
         Value::Null
     } else {
-        serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()))
+        serde_json::from_str(&a.body).unwrap_or(Value::String(a.body))
     };
     Answer {
-        status,
-        headers,
+        status: a.status,
+        headers: a.headers,
         body,
     }
 }

@@ -232,12 +232,7 @@ async fn kick_user(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut args = match body_args(&body) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    args.insert("user".into(), json!(user));
-    call(&node, &headers, "kick_user", Value::Object(args)).await
+    call_with_body(&node, &headers, "kick_user", &body, "user", user).await
 }
 
 async fn kick_conn(
@@ -246,12 +241,25 @@ async fn kick_conn(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut args = match body_args(&body) {
+    call_with_body(&node, &headers, "kick_conn", &body, "conn", conn).await
+}
+
+/// Runs `command` with the JSON body's fields as arguments and `key` set
+/// to the value from the path.
+async fn call_with_body(
+    node: &Node,
+    headers: &HeaderMap,
+    command: &str,
+    body: &Bytes,
+    key: &str,
+    value: String,
+) -> Response {
+    let mut args = match body_args(body) {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    args.insert("conn".into(), json!(conn));
-    call(&node, &headers, "kick_conn", Value::Object(args)).await
+    args.insert(key.into(), json!(value));
+    call(node, headers, command, Value::Object(args)).await
 }
 
 async fn drain(
