@@ -39,18 +39,8 @@ async fn connect_token(server: &Server, token: &str) -> Client {
 }
 
 async fn instance(redis: &Redis, id: &str, extra: &[&str]) -> Server {
-    let url = redis.url();
-    let mut args = vec![
-        "--redis",
-        url.as_str(),
-        "--redis-prefix",
-        "rc",
-        "--instance-id",
-        id,
-    ];
-    args.extend_from_slice(&FAST);
-    args.extend_from_slice(extra);
-    Server::start(&args).await
+    let args: Vec<&str> = FAST.iter().chain(extra).copied().collect();
+    Server::clustered(redis, "rc", id, &args).await
 }
 
 /// An HTTP request with an optional bearer token: status and JSON body

@@ -115,6 +115,22 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// A cluster-mode instance on `redis` with key prefix `prefix`, instance
+    /// id `id`, and further flags.
+    pub async fn clustered(redis: &Redis, prefix: &str, id: &str, extra: &[&str]) -> Server {
+        let url = redis.url();
+        let mut args = vec![
+            "--redis",
+            url.as_str(),
+            "--redis-prefix",
+            prefix,
+            "--instance-id",
+            id,
+        ];
+        args.extend_from_slice(extra);
+        Server::start(&args).await
+    }
+
     /// Starts `roomcast serve` on a free port with the test secret and `args`.
     pub async fn start(args: &[&str]) -> Server {
         Self::start_env(args, &[]).await

@@ -184,6 +184,9 @@ pub(crate) struct Shared {
     presence: Converger<(Arc<str>, Arc<str>)>,
     epochs: Epochs,
     route_cache: RouteCache,
+    /// Direct messages to route again, in arrival order (see
+    /// `Shared::deliver_remote_direct`).
+    reroutes: routes::Reroutes,
     outbox: HeldDirects,
     /// Prefix of room payloads this instance published.
     own_prefix: String,
@@ -267,6 +270,7 @@ impl RedisBus {
             keys,
             outbox: HeldDirects::new(tuning.outbox_capacity),
             route_cache: RouteCache::new(tuning.route_cache),
+            reroutes: routes::Reroutes::default(),
             tuning,
             offline_cfg,
             hub,

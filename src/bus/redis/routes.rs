@@ -87,6 +87,9 @@ struct Sent {
     reached: Vec<Arc<str>>,
 }
 
+/// The instances that hold a user.
+type Route = Arc<[Arc<str>]>;
+
 /// The sending side's route cache: user -> the other instances that hold
 /// the user, learnt from the `SEND` script's answer, so that the next
 /// direct message to the user is one `PUBLISH` per instance instead of a
@@ -98,8 +101,9 @@ struct Sent {
 /// have been missed). Users unknown here (offline, or never sent to) always
 /// take the script, so offline queueing stays atomic with attaching.
 pub struct RouteCache {
-    /// DashMap: read by every sending connection, written on misses.
-    map: DashMap<Arc<str>, Arc<[Arc<str>]>>,
+    /// DashMap: read by every sending connection, written on misses. Each
+    /// entry counts the messages sent through it.
+    map: DashMap<Arc<str>, (Route, u64)>,
     /// Entries kept at most; 0 turns the cache off.
     max: usize,
 }
@@ -112,8 +116,12 @@ impl RouteCache {
         }
     }
 
-    fn get(&self, user: &str) -> Option<Arc<[Arc<str>]>> {
-        self.map.get(user).map(|e| e.value().clone())
+    /// The cached route and this send's number through it.
+    fn get(&self, user: &str) -> Option<(Route, u64)> {
+        self.map.get_mut(user).map(|mut e| {
+            e.1 += 1;
+            (e.0.clone(), e.1)
+        })
     }
 
     fn learn(&self, user: &Arc<str>, reached: Vec<Arc<str>>) {
@@ -124,15 +132,66 @@ impl RouteCache {
             // Full: start over rather than track recency on the hot path.
             self.map.clear();
         }
-        self.map.insert(user.clone(), reached.into());
+        self.map.insert(user.clone(), (reached.into(), 0));
     }
 
     pub fn forget(&self, user: &str) {
         self.map.remove(user);
     }
 
+    /// A receiver routed again the cached sends up to `seq`: the entry is
+    /// forgotten only when no later send went through it, since those may
+    /// still be on their way there and a send by another path must not
+    /// overtake them (that receiver will answer again after them).
+    pub fn forget_stale(&self, user: &str, seq: Option<u64>) {
+        self.map
+            .remove_if(user, |_, e| seq.is_none_or(|s| s >= e.1));
+    }
+
     pub fn clear(&self) {
         self.map.clear();
+    }
+}
+
+/// A direct message that reached this instance after the user's last
+/// connection here left.
+pub(super) struct Reroute {
+    user: Arc<str>,
+    msg: DirectMessage,
+    origin: Option<String>,
+    local: bool,
+    seq: Option<u64>,
+}
+
+/// The direct messages waiting to be routed again, in arrival order, and
+/// whether a task is draining them. Pushed by the subscriber loop (in the
+/// order messages arrive from Redis), popped by one task at a time.
+#[derive(Default)]
+pub(super) struct Reroutes {
+    queue: std::sync::Mutex<(std::collections::VecDeque<Reroute>, bool)>,
+}
+
+impl Reroutes {
+    /// Queues a message; true when the caller must start the draining task.
+    fn push(&self, r: Reroute) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.0.push_back(r);
+        !std::mem::replace(&mut q.1, true)
+    }
+
+    /// Whether a task is draining: messages arriving meanwhile queue up.
+    fn busy(&self) -> bool {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// The next message, or `None` (and the draining task ends) when empty.
+    fn pop(&self) -> Option<Reroute> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let next = q.0.pop_front();
+        if next.is_none() {
+            q.1 = false;
+        }
+        next
     }
 }
 
@@ -183,8 +242,8 @@ impl Shared {
             Ok(outcome) => return outcome,
             Err(msg) => msg,
         };
-        if let Some(route) = self.route_cache.get(user) {
-            match self.publish_cached(user, &msg, local, &route).await {
+        if let Some((route, seq)) = self.route_cache.get(user) {
+            match self.publish_cached(user, &msg, local, &route, seq).await {
                 Ok(true) => return Ok(SendOutcome::Delivered),
                 // Nobody received it: the script routes or queues it.
                 Ok(false) => {}
@@ -237,8 +296,9 @@ impl Shared {
         msg: &DirectMessage,
         local: bool,
         route: &[Arc<str>],
+        seq: u64,
     ) -> Result<bool, RedisError> {
-        let payload = wire::encode_direct(self.id(), user, msg, local)
+        let payload = wire::encode_direct(self.id(), user, msg, local, Some(seq))
             .map_err(|e| RedisError::new(fred::prelude::ErrorKind::Parse, e.to_string()))?;
         let mut reached = 0;
         for inst in route {
@@ -267,41 +327,73 @@ impl Shared {
         msg: DirectMessage,
         origin: Option<String>,
         local: bool,
+        seq: Option<u64>,
     ) {
-        if self.hub.deliver_direct(&user, &msg) > 0 {
+        // While messages wait to be routed again, later ones queue behind
+        // them, so none overtakes an earlier one of the same sender.
+        if !self.reroutes.busy() && self.hub.deliver_direct(&user, &msg) > 0 {
             return;
         }
         // The user's last connection here left after the sender read the
         // route (from Redis or its cache): route it again, without this
         // instance nor, when it delivered it already, the sender, or queue
-        // it; and tell the sender its cached route is stale.
-        let shared = self.clone();
-        self.tasks.spawn(async move {
-            let skip = origin.as_deref().filter(|_| local).unwrap_or("");
-            let sent = shared.run_send(&user, &msg, local, skip).await;
-            if let Some(origin) = origin.as_deref().filter(|o| *o != shared.id()) {
-                let notice = wire::encode_route(shared.id(), "route_stale", &user);
-                let r: Result<i64, _> = shared
-                    .client
-                    .publish(shared.keys.instance_channel(origin), notice)
-                    .await;
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "cannot tell the sender its route is stale");
+        // it; and tell the sender its cached route is stale. One task does
+        // this for every such message, in arrival order: a sender's next
+        // message may be on its way here too, and must not overtake.
+        let reroute = Reroute {
+            user,
+            msg,
+            origin,
+            local,
+            seq,
+        };
+        if self.reroutes.push(reroute) {
+            let shared = self.clone();
+            self.tasks.spawn(async move {
+                while let Some(r) = shared.reroutes.pop() {
+                    shared.reroute(r).await;
+                }
+            });
+        }
+    }
+
+    /// Routes again a direct message that found no connection here.
+    async fn reroute(self: &Arc<Self>, r: Reroute) {
+        let Reroute {
+            user,
+            msg,
+            origin,
+            local,
+            seq,
+        } = r;
+        // Queued behind a re-route while the user is here.
+        if self.hub.deliver_direct(&user, &msg) > 0 {
+            return;
+        }
+        let skip = origin.as_deref().filter(|_| local).unwrap_or("");
+        let sent = self.run_send(&user, &msg, local, skip).await;
+        if let Some(origin) = origin.as_deref().filter(|o| *o != self.id()) {
+            let notice = wire::encode_route(self.id(), "route_stale", &user, seq);
+            let r: Result<i64, _> = self
+                .client
+                .publish(self.keys.instance_channel(origin), notice)
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "cannot tell the sender its route is stale");
+            }
+        }
+        match sent {
+            Ok(sent) => {
+                self.outcome(false, &sent);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot requeue a direct message; holding it");
+                self.mark_dirty();
+                if self.outbox.hold(&user, msg, false).is_err() {
+                    tracing::error!("outbox full: a direct message was lost");
                 }
             }
-            match sent {
-                Ok(sent) => {
-                    shared.outcome(false, &sent);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot requeue a direct message; holding it");
-                    shared.mark_dirty();
-                    if shared.outbox.hold(&user, msg, false).is_err() {
-                        tracing::error!("outbox full: a direct message was lost");
-                    }
-                }
-            }
-        });
+        }
     }
 
     /// Re-asserts the routes of every local user, delivering each one's
@@ -357,7 +449,7 @@ impl Shared {
                     user.to_string(),
                     self.offline_cfg.ttl.as_millis().to_string(),
                     k.global_channel(),
-                    wire::encode_route(self.id(), "route_added", user),
+                    wire::encode_route(self.id(), "route_added", user, None),
                 ],
             )
             .await?;
@@ -401,7 +493,7 @@ impl Shared {
         skip: &str,
     ) -> Result<Sent, RedisError> {
         let k = &self.keys;
-        let payload = wire::encode_direct(self.id(), user, msg, local)
+        let payload = wire::encode_direct(self.id(), user, msg, local, None)
             .map_err(|e| RedisError::new(fred::prelude::ErrorKind::Parse, e.to_string()))?;
         let body = serde_json::to_string(msg)
             .map_err(|e| RedisError::new(fred::prelude::ErrorKind::Parse, e.to_string()))?;

@@ -121,13 +121,17 @@ impl Shared {
                 kind,
                 user: Some(user),
                 local,
+                seq,
                 msg: Some(msg),
-            }) if kind == "direct" => self.deliver_remote_direct(user.into(), msg, origin, local),
+            }) if kind == "direct" => {
+                self.deliver_remote_direct(user.into(), msg, origin, local, seq)
+            }
             Ok(wire::InstanceIn {
                 kind,
                 user: Some(user),
+                seq,
                 ..
-            }) if kind == "route_stale" => self.route_cache.forget(&user),
+            }) if kind == "route_stale" => self.route_cache.forget_stale(&user, seq),
             Ok(wire::InstanceIn { kind, .. }) if kind == "admin" => self.on_control(payload),
             Ok(other) => tracing::debug!(kind = %other.kind, "ignored instance message"),
             Err(e) => {

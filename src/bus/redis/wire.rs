@@ -13,7 +13,7 @@
 //! - Instance channel `P:instance:<id>`:
 //!   `{"origin":..,"type":"direct","user":"<tenant>/<user>","local":true,"msg":{"from":..,"data":..,"ts":..,"mid":..}}`
 //!   (`local`: the origin delivered it to its own connections of the user; absent when false),
-//!   `{"origin":..,"type":"route_stale","user":".."}`.
+//!   `{"origin":..,"type":"route_stale","user":"..","seq":n}` (`seq`: the last cached send it routed again; a cached `direct` carries its own).
 //! - Global channel `P:global`: `{"origin":..,"type":"instance_gone","instance":".."}`,
 //!   `{"origin":..,"type":"broadcast","tenant":"t","msg":{"from":..,"data":..,"ts":..,"mid":..}}`
 //!   (`tenant` absent: every connection of every tenant),
@@ -145,6 +145,10 @@ struct DirectOut<'a> {
     /// The origin delivered it to the user's connections there itself.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     local: bool,
+    /// Sent through the origin's route cache: its number among the
+    /// origin's cached sends to this user (echoed by `route_stale`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     msg: &'a DirectMessage,
 }
 
@@ -158,6 +162,10 @@ pub struct InstanceIn {
     pub user: Option<String>,
     #[serde(default)]
     pub local: bool,
+    /// A cached send's number (`direct`), or the last one routed again
+    /// (`route_stale`).
+    #[serde(default)]
+    pub seq: Option<u64>,
     pub msg: Option<DirectMessage>,
 }
 
@@ -166,12 +174,14 @@ pub fn encode_direct(
     user: &str,
     msg: &DirectMessage,
     local: bool,
+    seq: Option<u64>,
 ) -> Result<String, serde_json::Error> {
     serde_json::to_string(&DirectOut {
         origin,
         kind: "direct",
         user,
         local,
+        seq,
         msg,
     })
 }
@@ -182,13 +192,22 @@ struct RouteOut<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     user: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
 }
 
 /// `route_added` (global channel: the user has a new route beside others)
 /// or `route_stale` (a sender's instance channel: its cached route sent a
 /// message to an instance that no longer holds the user).
-pub fn encode_route(origin: &str, kind: &'static str, user: &str) -> String {
-    serde_json::to_string(&RouteOut { origin, kind, user }).unwrap_or_default()
+/// `seq`: for `route_stale`, the last cached send routed again.
+pub fn encode_route(origin: &str, kind: &'static str, user: &str, seq: Option<u64>) -> String {
+    serde_json::to_string(&RouteOut {
+        origin,
+        kind,
+        user,
+        seq,
+    })
+    .unwrap_or_default()
 }
 
 #[derive(Serialize)]
