@@ -174,6 +174,12 @@ impl Ordered {
             give_up(registry, room, &mut st, 0);
             return None;
         }
+        self.start_fill(room, &mut st, last)
+    }
+
+    /// A fill of everything after `after`, unless one is already running
+    /// for the room (it reads again when it ends, if still needed).
+    fn start_fill(&self, room: &str, st: &mut RoomOrder, after: u64) -> Option<Fill> {
         if st.filling {
             return None;
         }
@@ -181,7 +187,7 @@ impl Ordered {
         Some(Fill {
             room: Arc::from(room),
             rule: st.rule.clone(),
-            after: last,
+            after,
             keep: self.keep(),
         })
     }
@@ -225,16 +231,7 @@ impl Ordered {
         let state = self.room(room)?;
         let mut st = lock(&state);
         let last = st.last?;
-        if st.filling {
-            return None;
-        }
-        st.filling = true;
-        Some(Fill {
-            room: Arc::from(room),
-            rule: st.rule.clone(),
-            after: last,
-            keep: self.keep(),
-        })
+        self.start_fill(room, &mut st, last)
     }
 
     /// The result of a fill: delivers the missing messages in order, then
@@ -271,13 +268,7 @@ impl Ordered {
                     give_up(registry, room, &mut st, read.top);
                 } else if !st.pending.is_empty() {
                     // Newer than the read: published after it; read again.
-                    st.filling = true;
-                    return Some(Fill {
-                        room: Arc::from(room),
-                        rule: st.rule.clone(),
-                        after: now,
-                        keep: self.keep(),
-                    });
+                    return self.start_fill(room, &mut st, now);
                 }
             }
             Some(read) => {
@@ -441,14 +432,9 @@ impl Ordered {
         }
         drain(registry, room, &mut st, fill_max);
         let behind = st.last.unwrap_or(0) < position;
-        let fill = if (behind || !st.pending.is_empty()) && !st.filling {
-            st.filling = true;
-            Some(Fill {
-                room: Arc::from(room),
-                rule: st.rule.clone(),
-                after: st.last.unwrap_or(0),
-                keep: self.keep(),
-            })
+        let fill = if behind || !st.pending.is_empty() {
+            let after = st.last.unwrap_or(0);
+            self.start_fill(room, &mut st, after)
         } else {
             None
         };
